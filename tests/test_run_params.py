@@ -1,0 +1,71 @@
+"""`run.py --mode=params`: parameter tables from the config alone."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from u2net_jax import layers, param_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _run(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_params_mode_writes_counts_for_msd_without_data(tmp_path):
+  # The msd preset needs no data folder for --mode=params.
+  proc = _run("--config=experiments/five_domain.py:msd", "--mode=params",
+              f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr
+  counts = json.loads((tmp_path / "params.json").read_text())
+  assert set(counts) == {"mode", "shared", "per_domain", "total"}
+  assert counts["mode"] == "separable"
+  assert list(counts["per_domain"]) == ["heart", "liver", "hippocampus", "prostate", "pancreas"]
+  assert counts["total"] == counts["shared"] + sum(counts["per_domain"].values())
+  assert "domain:prostate" in proc.stdout and "independent models" in proc.stdout
+
+
+def test_msd_separable_is_under_two_percent_of_five_independent_models():
+  config = five_domain.get_config("msd")
+  totals = {mode: param_table.count(config, mode)["total"] for mode in layers.MODES}
+  assert totals["separable"] < 0.02 * totals["independent"]
+  # Each universal setting is smaller than five independent models.
+  assert all(totals[m] < totals["independent"] for m in layers.MODES if m != "independent")
+  config.model.downsample = "dense"  # the official code's design
+  dense = param_table.count(config)
+  assert 5.0e6 < dense["shared"] < 7.0e6
+
+
+def test_overrides_and_default_workdir(tmp_path):
+  proc = _run("--config=experiments/five_domain.py:smoke", "--mode=params",
+              "--config.model.mode=shared", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr
+  counts = json.loads((tmp_path / "params.json").read_text())
+  assert counts["mode"] == "shared"
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  assert config_utils.default_workdir("experiments/five_domain.py", "smoke") == \
+      os.path.join("runs", "five_domain_smoke")
+  assert config_utils.default_workdir("experiments/five_domain.py", "") == \
+      os.path.join("runs", "five_domain")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.tasks=heart,kidney", "Unknown domain 'kidney'"),
+    ("--config.data.patch_size=(48,44,48)", "not divisible by 8"),
+    ("--config.model.mode=unet", "model.mode 'unet'"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, override, message):
+  proc = _run("--config=experiments/five_domain.py", "--mode=params", override,
+              f"--workdir={tmp_path}")
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "params.json").exists()

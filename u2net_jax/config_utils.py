@@ -1,0 +1,122 @@
+"""Config → domains, validation, and the resolved config saved in a workdir."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from u2net_jax import domains as domains_lib
+from u2net_jax import layers
+from u2net_jax.domains import DomainSpec
+from u2net_jax.errors import ConfigError
+
+SOURCES = ("synthetic", "msd")
+
+
+def task_names(config) -> list[str]:
+  """`config.data.tasks` ('a,b' string or a sequence) as a list of names."""
+  tasks = config.data.tasks
+  if isinstance(tasks, str):
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+  else:
+    names = [str(t) for t in tasks]
+  if not names:
+    raise ConfigError("config.data.tasks is empty; name at least one domain.")
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ConfigError(f"config.data.tasks lists {dup} more than once.")
+  return names
+
+
+def _synthetic_specs() -> dict[str, DomainSpec]:
+  from tfds_builders.synthetic_organs import generator  # pylint: disable=g-import-not-at-top
+  return {
+      name: DomainSpec(name, tuple(d.channel_names), tuple(d.class_names), d.modality,
+                       tuple(d.spacing))
+      for name, d in generator.DOMAINS.items()}
+
+
+def available_domains(source: str) -> dict[str, DomainSpec]:
+  if source == "synthetic":
+    return _synthetic_specs()
+  if source == "msd":
+    return dict(domains_lib.MSD_DOMAINS)
+  raise ConfigError(f"config.data.source {source!r} is not one of {SOURCES}.")
+
+
+def patch_size(config) -> tuple[int, int, int]:
+  p = config.data.patch_size
+  if isinstance(p, str):
+    p = [s for s in p.replace("x", ",").split(",") if s.strip()]
+  try:
+    p = tuple(int(s) for s in p)
+  except (TypeError, ValueError):
+    raise ConfigError(f"config.data.patch_size {config.data.patch_size!r} is not 3 ints.") from None
+  if len(p) != 3 or min(p) <= 0:
+    raise ConfigError(f"config.data.patch_size {p} must be 3 positive ints (D, H, W).")
+  return p
+
+
+def resolve_domains(config) -> tuple[DomainSpec, ...]:
+  """The DomainSpecs named by `config.data.tasks`, with the config's patch size."""
+  known = available_domains(config.data.source)
+  patch = patch_size(config)
+  specs = []
+  for name in task_names(config):
+    if name not in known:
+      raise ConfigError(
+          f"Unknown domain {name!r} in config.data.tasks for source "
+          f"{config.data.source!r}; known: {sorted(known)}.")
+    d = known[name]
+    specs.append(DomainSpec(d.name, d.channel_names, d.class_names, d.modality,
+                            d.spacing, patch))
+  return tuple(specs)
+
+
+def validate(config) -> tuple[DomainSpec, ...]:
+  """Checks the config before any work; returns its domains."""
+  m = config.model
+  layers.check_mode(m.mode, m.downsample)
+  if int(m.num_levels) < 1 or int(m.features_root) < 1:
+    raise ConfigError(
+        f"model.num_levels ({m.num_levels}) and model.features_root ({m.features_root}) "
+        "must be ≥ 1.")
+  if m.compute_dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
+  specs = resolve_domains(config)
+  divisor = 2 ** (int(m.num_levels) - 1)
+  patch = patch_size(config)
+  if any(p % divisor for p in patch):
+    raise ConfigError(
+        f"config.data.patch_size {patch} is not divisible by {divisor} "
+        f"(= 2^(num_levels-1), num_levels={m.num_levels}).")
+  return specs
+
+
+def default_workdir(config_path: str, preset: str) -> str:
+  stem = os.path.splitext(os.path.basename(config_path))[0]
+  return os.path.join("runs", f"{stem}_{preset}" if preset else stem)
+
+
+def save_config(config, workdir: str) -> str:
+  """Writes the resolved config as `<workdir>/config.json`; returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} does not exist: is {workdir!r} a workdir of this project?")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path} is not a readable config: {e}") from None

@@ -1,0 +1,283 @@
+"""Layers of the 3D U²-Net family: per-domain weights, norms and conv units.
+
+Shared weights are `nnx.Param`; per-domain weights are `DomainParam`, a
+separate variable type, stored in an `nnx.Dict` keyed by domain name, so the
+last element of every per-domain parameter's path is its domain's name.
+Filters, optimizers, checkpoints and exports select on the type.
+
+Every layer is called with a `DomainSelector`, which reads the active domain's
+entry: by name (a Python str: exact shapes, one program per domain), or by a
+traced integer index (one program for all domains: per-domain weights are
+stacked, zero-padded to the largest channel/class count, and indexed; the
+gradient of an index is zero for every other domain, so the other domains'
+entries are untouched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from u2net_jax import depthwise
+from u2net_jax.errors import ConfigError
+
+
+class DomainParam(nnx.Param):
+  """A weight that belongs to one domain; its path ends with the domain name."""
+
+
+# Shared weights: every Param that is not a DomainParam.
+SHARED = nnx.All(nnx.Param, nnx.Not(DomainParam))
+
+MODES = ("separable", "independent", "shared", "series_adapter", "parallel_adapter")
+DOWNSAMPLES = ("separable", "dense")
+
+Init = Callable[[jax.Array, tuple], jax.Array]
+
+
+def _numpy_rng(key: jax.Array) -> np.random.Generator:
+  # Weights are drawn with NumPy from a seed taken from the NNX key: eager
+  # jax.random calls compile one small program per weight shape (~10 s for a
+  # U-Net on CPU), NumPy compiles nothing. Still deterministic per Rngs seed.
+  return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def he_normal(fan_in: int) -> Init:
+  """Kaiming-normal for LeakyReLU nets: std = sqrt(2 / fan_in), float32."""
+  def init(key, shape):
+    try:
+      rng = _numpy_rng(key)
+    except jax.errors.TracerArrayConversionError:  # under nnx.eval_shape: shapes only
+      return jnp.zeros(shape, jnp.float32)
+    values = rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / fan_in)
+    return jnp.asarray(values.astype(np.float32))
+  return init
+
+
+def constant(value: float) -> Init:
+  def init(key, shape):
+    del key
+    return jnp.asarray(np.full(shape, value, np.float32))
+  return init
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSelector:
+  """Reads the active domain's entry of a per-domain weight.
+
+  Attributes:
+    names: all domain names of the model, in model order.
+    domain: a name (str) or an int32 index (Python int or traced scalar).
+  """
+  names: tuple[str, ...]
+  domain: str | int | jax.Array
+
+  @property
+  def by_name(self) -> bool:
+    return isinstance(self.domain, str)
+
+  def read(self, weight: nnx.Param | nnx.Dict, pad_axis: int | None = None) -> jax.Array:
+    """The active domain's value of `weight` (shared weights pass through).
+
+    With an index, entries of different sizes along `pad_axis` are zero-padded
+    to the largest before stacking.
+    """
+    if isinstance(weight, nnx.Variable):
+      return weight[...]
+    if self.by_name:
+      return weight[self.domain][...]
+    values = [weight[n][...] for n in self.names]
+    if pad_axis is not None:
+      size = max(v.shape[pad_axis] for v in values)
+      values = [_pad_to(v, pad_axis, size) for v in values]
+    return jnp.stack(values)[self.domain]
+
+
+def _pad_to(v: jax.Array, axis: int, size: int) -> jax.Array:
+  pad = [(0, 0)] * v.ndim
+  pad[axis] = (0, size - v.shape[axis])
+  return jnp.pad(v, pad)
+
+
+def make_weight(rngs: nnx.Rngs, init: Init, shape: tuple | Callable[[str], tuple],
+                names: Sequence[str] | None) -> nnx.Param | nnx.Dict:
+  """A shared `nnx.Param` (names=None) or an `nnx.Dict` of `DomainParam`s.
+
+  `shape` may be a function of the domain name for per-domain weights whose
+  size depends on the domain (input channels, classes).
+  """
+  if names is None:
+    return nnx.Param(init(rngs.params(), tuple(shape)))
+  shape_of = shape if callable(shape) else (lambda _: tuple(shape))
+  return nnx.Dict({n: DomainParam(init(rngs.params(), tuple(shape_of(n)))) for n in names})
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+  return jax.nn.leaky_relu(x, negative_slope=0.01)
+
+
+class InstanceNorm(nnx.Module):
+  """Per-domain affine instance norm over (D, H, W); statistics in float32."""
+
+  def __init__(self, features: int | Callable[[str], int], names: Sequence[str],
+               *, eps: float = 1e-5, rngs: nnx.Rngs):
+    shape = (lambda n: (features(n),)) if callable(features) else (features,)
+    self.scale = make_weight(rngs, constant(1.0), shape, names)
+    self.bias = make_weight(rngs, constant(0.0), shape, names)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 3), keepdims=True)
+    y = (xf - mean) * lax.rsqrt(var + self.eps)
+    y = y * sel.read(self.scale, 0) + sel.read(self.bias, 0)
+    return y.astype(x.dtype)
+
+
+class Conv(nnx.Module):
+  """Dense 3D conv (no bias unless asked), 'SAME' padding, shared or per-domain.
+
+  Kernel (k, k, k, in, out). `in_features`/`out_features` may be functions of
+  the domain name (input and output layers); with a traced domain index they
+  are zero-padded to the largest, which leaves results and gradients of the
+  real channels unchanged.
+  """
+
+  def __init__(self, in_features, out_features, *, kernel_size: int = 3, stride: int = 1,
+               names: Sequence[str] | None, use_bias: bool = False,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    fin = in_features if callable(in_features) else (lambda _: in_features)
+    fout = out_features if callable(out_features) else (lambda _: out_features)
+    k = kernel_size
+    if names is None:
+      shape = (k, k, k, fin(None), fout(None))
+      init = he_normal(k ** 3 * fin(None))
+      self.kernel = make_weight(rngs, init, shape, None)
+    else:
+      self.kernel = nnx.Dict({
+          n: DomainParam(he_normal(k ** 3 * fin(n))(rngs.params(), (k, k, k, fin(n), fout(n))))
+          for n in names})
+    self.bias = (make_weight(rngs, constant(0.0), (lambda n: (fout(n),)) if names else (fout(None),),
+                             names) if use_bias else None)
+    self.stride = stride
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+    if isinstance(self.kernel, nnx.Dict) and not sel.by_name:
+      kernel = self._padded_kernel(sel)
+    else:
+      kernel = sel.read(self.kernel)
+    x = x.astype(self.dtype)
+    if kernel.shape[:3] == (1, 1, 1) and self.stride == 1:
+      y = jnp.einsum("bdhwi,io->bdhwo", x, kernel[0, 0, 0].astype(self.dtype))
+    else:
+      y = lax.conv_general_dilated(
+          x, kernel.astype(self.dtype), window_strides=(self.stride,) * 3, padding="SAME",
+          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if self.bias is not None:
+      y = y + sel.read(self.bias, 0).astype(self.dtype)
+    return y
+
+  def _padded_kernel(self, sel: DomainSelector) -> jax.Array:
+    values = [self.kernel[n][...] for n in sel.names]
+    cin = max(v.shape[3] for v in values)
+    cout = max(v.shape[4] for v in values)
+    values = [_pad_to(_pad_to(v, 3, cin), 4, cout) for v in values]
+    return jnp.stack(values)[sel.domain]
+
+
+class DepthwiseConv(nnx.Module):
+  """Per-domain depthwise k³ conv (kernel (k, k, k, C)), no bias."""
+
+  def __init__(self, features: int, *, kernel_size: int = 3, stride: int = 1,
+               names: Sequence[str], impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
+    k = kernel_size
+    self.kernel = make_weight(rngs, he_normal(k ** 3), (k, k, k, features), names)
+    self.stride = stride
+    self.impl = depthwise.resolve_impl(impl)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+    kernel = sel.read(self.kernel).astype(self.dtype)
+    return depthwise.depthwise_conv3d(x.astype(self.dtype), kernel, self.stride, self.impl)
+
+
+class ConvUnit(nnx.Module):
+  """One conv unit; its output is normalized but not yet activated.
+
+  Variants (`mode`), for stride-1 units:
+    separable: per-domain depthwise 3³ → norm → act → shared pointwise 1³ → norm.
+    independent: per-domain dense k³ conv → norm.
+    shared: shared dense k³ conv → per-domain norm.
+    series_adapter: shared k³ conv → per-domain [norm → 1³ conv] + identity → norm.
+    parallel_adapter: shared k³ conv(x) + per-domain 1³ conv(x) → norm.
+  Stride-2 (downsampling) units are a plain dense conv → norm in every mode, as
+  in the official code (per-domain in 'independent'); in 'separable' mode they
+  are separable too unless `downsample='dense'`.
+  All norms are per-domain InstanceNorms.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3,
+               stride: int = 1, mode: str, names: Sequence[str],
+               downsample: str = "separable", depthwise_impl: str = "auto",
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    names = tuple(names)
+    if stride == 2 and not (mode == "separable" and downsample == "separable"):
+      variant = "independent" if mode == "independent" else "shared"
+    else:
+      variant = mode
+    self.variant = variant
+    conv_kw = dict(kernel_size=kernel_size, stride=stride, dtype=dtype, rngs=rngs)
+    if variant == "separable":
+      # The official code uses a 3³ depthwise conv even in its 1³ units.
+      self.dw = DepthwiseConv(in_features, kernel_size=3, stride=stride, names=names,
+                              impl=depthwise_impl, dtype=dtype, rngs=rngs)
+      self.dw_norm = InstanceNorm(in_features, names, rngs=rngs)
+      self.pw = Conv(in_features, out_features, kernel_size=1, names=None, dtype=dtype, rngs=rngs)
+    elif variant == "independent":
+      self.conv = Conv(in_features, out_features, names=names, **conv_kw)
+    else:
+      self.conv = Conv(in_features, out_features, names=None, **conv_kw)
+      if variant == "series_adapter":
+        self.adapter_norm = InstanceNorm(out_features, names, rngs=rngs)
+        self.adapter = Conv(out_features, out_features, kernel_size=1, names=names,
+                            dtype=dtype, rngs=rngs)
+      elif variant == "parallel_adapter":
+        self.adapter = Conv(in_features, out_features, kernel_size=1, stride=stride,
+                            names=names, dtype=dtype, rngs=rngs)
+    self.norm = InstanceNorm(out_features, names, rngs=rngs)
+
+  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+    if self.variant == "separable":
+      y = leaky_relu(self.dw_norm(self.dw(x, sel), sel))
+      y = self.pw(y, sel)
+    elif self.variant == "series_adapter":
+      y = self.conv(x, sel)
+      y = y + self.adapter(self.adapter_norm(y, sel), sel)
+    elif self.variant == "parallel_adapter":
+      y = self.conv(x, sel) + self.adapter(x, sel)
+    else:
+      y = self.conv(x, sel)
+    return self.norm(y, sel)
+
+
+def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
+  """Nearest-neighbour ×factor on D, H, W: (B, D, H, W, C) → (B, fD, fH, fW, C)."""
+  b, d, h, w, c = x.shape
+  x = x[:, :, None, :, None, :, None, :]
+  x = jnp.broadcast_to(x, (b, d, factor, h, factor, w, factor, c))
+  return x.reshape(b, d * factor, h * factor, w * factor, c)
+
+
+def check_mode(mode: str, downsample: str) -> None:
+  if mode not in MODES:
+    raise ConfigError(f"model.mode {mode!r} is not one of {MODES}.")
+  if downsample not in DOWNSAMPLES:
+    raise ConfigError(f"model.downsample {downsample!r} is not one of {DOWNSAMPLES}.")

@@ -1,0 +1,54 @@
+"""`--mode=params`: parameter counts per collection, from the config alone.
+
+Builds the model abstractly (`nnx.eval_shape`: no weights are allocated, so
+paper-scale independent models cost nothing) and reads no data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flax import nnx
+
+from u2net_jax import config_utils
+from u2net_jax import models
+
+
+def count(config, mode: str | None = None) -> dict:
+  """`models.param_counts` of the config's model (optionally in another mode)."""
+  specs = config_utils.validate(config)
+  model_cfg = config.model.to_dict()
+  if mode is not None:
+    model_cfg["mode"] = mode
+  model = nnx.eval_shape(lambda: models.build_model(specs, model_cfg))
+  return models.param_counts(model)
+
+
+def format_table(counts: dict, independent_total: int | None = None) -> str:
+  """A fixed-width table: one row per collection, then the total."""
+  rows = [("shared", counts["shared"])]
+  rows += [(f"domain:{n}", c) for n, c in counts["per_domain"].items()]
+  width = max(len(r[0]) for r in rows + [("total", 0)])
+  lines = [f"mode: {counts['mode']}", f"{'collection':<{width}}  {'params':>12}"]
+  lines += [f"{name:<{width}}  {c:>12,}" for name, c in rows]
+  lines.append(f"{'total':<{width}}  {counts['total']:>12,}")
+  if independent_total:
+    pct = 100.0 * counts["total"] / independent_total
+    lines.append(f"= {pct:.2f}% of {len(counts['per_domain'])} independent models "
+                 f"({independent_total:,})")
+  return "\n".join(lines)
+
+
+def run(config, workdir: str) -> dict:
+  """Prints the table and writes `<workdir>/params.json`; returns the counts."""
+  counts = count(config)
+  independent = count(config, "independent")["total"]
+  print(format_table(counts, independent), flush=True)
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "params.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(counts, f, indent=2)
+  os.replace(path + ".tmp", path)
+  print(f"wrote {path}")
+  return counts
