@@ -15,6 +15,27 @@ from u2net_jax.errors import ConfigError
 SOURCES = ("synthetic", "msd")
 
 
+def split_names(value) -> list[str]:
+  """'a,b' or a sequence → ['a', 'b'] (empty string → [])."""
+  if isinstance(value, str):
+    return [t.strip() for t in value.split(",") if t.strip()]
+  return [str(t) for t in (value or ())]
+
+
+def domain_weights(config, specs) -> list[float] | None:
+  """`train.domain_weights` ('' = round-robin, else one weight per domain)."""
+  w = config.train.get("domain_weights", "")
+  if not w:
+    return None
+  try:
+    values = [float(x) for x in split_names(w)]
+  except ValueError:
+    raise ConfigError(f"train.domain_weights {w!r} must be numbers.") from None
+  if len(values) != len(specs):
+    raise ConfigError(f"train.domain_weights has {len(values)} values for {len(specs)} domains.")
+  return values
+
+
 def task_names(config) -> list[str]:
   """`config.data.tasks` ('a,b' string or a sequence) as a list of names."""
   tasks = config.data.tasks

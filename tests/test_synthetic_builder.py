@@ -1,0 +1,101 @@
+"""The synthetic_organs TFDS builder, the TF-free build command and atomic builds."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tfds_builders import common, registry
+from tfds_builders.synthetic_organs import synthetic_organs
+from u2net_jax.data import datasets
+from u2net_jax.errors import DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small(domain, **kw):
+  return synthetic_organs.make_config(domain, name=f"{domain}_small", num_train=4,
+                                      num_validation=2, shape=(24, 32, 32), **kw)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return {d: registry.build("synthetic_organs", _small(d), data_dir)
+          for d in ("heart", "prostate")}
+
+
+def test_layout_counts_and_features(built):
+  path = built["prostate"]
+  assert path.endswith(os.path.join("synthetic_organs", "prostate_small", "1.0.0"))
+  builder = tfds.builder_from_directory(path)
+  assert builder.info.splits["train"].num_examples == 4
+  assert builder.info.splits["validation"].num_examples == 2
+  ex = datasets.read_examples(path, "train")[0]
+  assert set(common.FEATURE_KEYS) <= set(ex)
+  assert ex["image"].shape == (24, 32, 32, 2) and ex["image"].dtype == np.float32
+  assert ex["label"].shape == (24, 32, 32) and ex["label"].dtype == np.uint8
+  assert set(np.unique(ex["label"])) <= {0, 1, 2}
+  assert ex["affine"].shape == (4, 4) and bool(ex["has_label"])
+  np.testing.assert_allclose(np.linalg.norm(ex["affine"][:3, :3], axis=0)[::-1], ex["spacing"],
+                             rtol=1e-5)
+
+
+def test_metadata_records_difficulty_and_normalization(built):
+  for path in built.values():
+    md = datasets.metadata(path)
+    assert 0.0 <= md["threshold_baseline_dice"] < 0.6
+    assert md["normalization"] == "nnunet" and md["class_names"][0] == "background"
+  ex = datasets.read_examples(built["heart"], "train")
+  # MRI: per-image z-score.
+  assert abs(float(ex[0]["image"].mean())) < 0.05 and abs(float(ex[0]["image"].std()) - 1) < 0.05
+
+
+def test_builds_are_deterministic(tmp_path, built):
+  again = registry.build("synthetic_organs", _small("heart"), str(tmp_path))
+  a = datasets.read_examples(built["heart"], "validation")
+  b = datasets.read_examples(again, "validation")
+  assert [x["case_id"] for x in a] == [x["case_id"] for x in b]
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_failed_rebuild_leaves_the_previous_version_readable(tmp_path, monkeypatch):
+  path = registry.build("synthetic_organs", _small("heart"), str(tmp_path))
+  before = datasets.read_examples(path, "train")
+
+  def boom(*a, **k):
+    raise DataError("simulated failure half-way through the build")
+
+  monkeypatch.setattr(synthetic_organs.SyntheticOrgans, "_generate_examples", boom)
+  with pytest.raises(DataError, match="simulated"):
+    registry.build("synthetic_organs", _small("heart"), str(tmp_path), overwrite=True)
+  after = datasets.read_examples(path, "train")
+  np.testing.assert_array_equal(before[0]["image"], after[0]["image"])
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-build")]
+
+
+def test_command_line_builds_without_tensorflow(tmp_path):
+  code = ("import sys, runpy; sys.argv=['tfds_builders','build','synthetic_organs','--config',"
+          f"'hippocampus','--data_dir',{str(tmp_path)!r}]\n"
+          "try:\n  runpy.run_module('tfds_builders', run_name='__main__')\n"
+          "except SystemExit as e:\n  assert not e.code, e.code\n"
+          "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "built synthetic_organs/hippocampus" in proc.stdout
+  assert os.path.exists(tmp_path / "synthetic_organs" / "hippocampus" / "1.0.0" /
+                        "dataset_info.json")
+
+
+def test_unknown_builder_or_config_is_one_clear_line(tmp_path):
+  for args, msg in ((["nope"], "Unknown builder 'nope'"),
+                    (["synthetic_organs", "--config", "kidney"], "no config 'kidney'")):
+    proc = subprocess.run([sys.executable, "-m", "tfds_builders", "build", *args, "--data_dir",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr

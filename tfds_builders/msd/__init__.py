@@ -1,0 +1,1 @@
+"""Medical Segmentation Decathlon (MSD) builder: NIfTI task folders -> TFDS (msd.py)."""

@@ -1,0 +1,1 @@
+"""Synthetic multi-domain organ benchmark (numpy/scipy generator, see generator.py)."""

@@ -1,0 +1,1 @@
+"""Data: NIfTI I/O, invertible preprocessing and the input pipeline."""
