@@ -32,24 +32,95 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.data_dir = "data/tfds"        # TFDS data_dir (built on first use)
   c.data.manual_dir = ""               # MSD root holding TaskXX_Name folders
   c.data.fold = 0                      # of a seeded 5-fold split
-  c.data.patch_size = (48, 48, 48)     # voxels (D, H, W)
+  c.data.num_shards = 0                # data shards (0 = one per process)
+  c.data.patch_size = (32, 32, 32)     # voxels (D, H, W)
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.shape = ()          # () = each domain's default volume size
+  c.data.synthetic.num_train = 0       # 0 = default (24)
+  c.data.synthetic.num_validation = 0  # 0 = default (8)
+  c.data.synthetic.base_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.mode = "separable"           # separable|independent|shared|series_adapter|parallel_adapter
   c.model.downsample = "separable"     # 'dense' = the official code's stride-2 convs
-  c.model.features_root = 16           # F0; level l has F0·2^l features
+  c.model.features_root = 8            # F0; level l has F0·2^l features
   c.model.num_levels = 4
   c.model.deep_supervision = True
   c.model.depthwise_impl = "auto"      # auto|lax|shift
   c.model.compute_dtype = "float32"    # or bfloat16 (float32 master weights)
 
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1500
+  c.train.batch_size = 2               # global, one domain per step
+  c.train.num_devices = 0              # 0 = every device of every process
+  c.train.lr = 3e-3                    # shared weights
+  c.train.lr_domain = 0.0              # per-domain weights (0 = same as lr)
+  c.train.weight_decay = 5e-5
+  c.train.weight_decay_domain = -1.0   # < 0: same as weight_decay
+  c.train.weight_decay_mode = "adamw"  # or 'l2' (torch Adam, the official code)
+  c.train.schedule = "poly"            # constant | poly | plateau (halve on no gain)
+  c.train.warmup_steps = 50
+  c.train.grad_clip = 5.0
+  c.train.grad_accum = 1
+  c.train.loss = "lovasz_focal"        # the official code's Lovász-Softmax + focal
+  c.train.fg_fraction = 1 / 3          # patches centred on foreground (nnU-Net)
+  c.train.domain_weights = ""          # '' = round-robin; else e.g. '1,1,2,1,1'
+  c.train.freeze_shared = False
+  c.train.frozen_domains = ""
+  c.train.nan_policy = "stop"          # or 'skip'
+  c.train.log_every = 50
+  c.train.eval_every = 0               # 0 = only at the end
+  c.train.checkpoint_every = 250
+  c.train.max_to_keep = 2
+  c.train.data_threads = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.overlap = 0.5
+  c.eval.mirror = False
+  c.eval.window_batch = 4
+  c.eval.max_cases = 0                 # 0 = all validation cases
+  c.eval.surface_tolerance_mm = 2.0
+
+  c.augment = ml_collections.ConfigDict(dict(
+      enabled=True, p_flip=0.5, p_rotate=0.2, max_angle_deg=15.0, p_scale=0.2,
+      scale_range=(0.85, 1.25), p_elastic=0.0, p_gamma=0.3, p_brightness=0.15,
+      p_contrast=0.15, p_noise=0.1))
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False        # jax.distributed.initialize() (auto on Cloud TPU)
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.cpu_collectives = ""   # 'gloo' for multi-process CPU runs
+
   if preset == "msd":
     c.data.source = "msd"
     c.data.patch_size = (128, 128, 128)
+    c.model.features_root = 16
     c.model.num_levels = 6
+    c.model.compute_dtype = "bfloat16"
+    c.train.steps = 250_000
+    c.train.lr = 3e-4
+    c.train.weight_decay = 5e-4
+    c.train.weight_decay_mode = "l2"
+    c.train.schedule = "plateau"
+    c.train.warmup_steps = 0
+    c.train.eval_every = 5000
+    c.train.checkpoint_every = 1000
+    c.train.max_to_keep = 3
+    c.eval.window_batch = 2
   elif preset == "smoke":
     c.data.tasks = "heart,prostate"
     c.data.patch_size = (16, 16, 16)
+    c.data.synthetic.shape = (24, 24, 24)
+    c.data.synthetic.num_train = 4
+    c.data.synthetic.num_validation = 2
     c.model.features_root = 4
     c.model.num_levels = 3
+    c.train.steps = 6
+    c.train.batch_size = 8
+    c.train.warmup_steps = 0
+    c.train.log_every = 2
+    c.train.checkpoint_every = 2
+    c.eval.window_batch = 2
   return c

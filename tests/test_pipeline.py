@@ -81,8 +81,26 @@ def test_batches_are_a_pure_function_of_seed_step_and_process():
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["label"], y["label"])
   assert not np.array_equal(a.batch(0)["image"], a.batch(2)["image"])
-  other = _sampler(process_index=1, process_count=2)
-  assert not np.array_equal(a.batch(0)["image"], other.batch(0)["image"])
+
+
+def test_two_processes_build_the_same_global_batch_as_one():
+  cases = _cases()
+  shards = {n: {v: pipeline.shard(c, v, 2) for v in (0, 1)} for n, c in cases.items()}
+  kw = dict(patch_size=(16, 16, 16), batch_size=4, seed=3, num_shards=2)
+  one = pipeline.PatchSampler(shards, (HEART, PROSTATE), **kw)
+  procs = [pipeline.PatchSampler({n: {v: s[v]} for n, s in shards.items()}, (HEART, PROSTATE),
+                                 **kw) for v in pipeline.owned_shards(2, 0, 1)]
+  assert [p.batch_size for p in procs] == [2, 2]
+  for step in (0, 1, 7):
+    whole = one.batch(step)
+    parts = [p.batch(step) for p in procs]
+    np.testing.assert_array_equal(whole["image"], np.concatenate([p["image"] for p in parts]))
+    np.testing.assert_array_equal(whole["label"], np.concatenate([p["label"] for p in parts]))
+  # Each process only ever touches its own shard's cases.
+  assert {c.case_id for c in shards["heart"][0]}.isdisjoint({c.case_id for c in shards["heart"][1]})
+  assert pipeline.owned_shards(4, 1, 2) == [2, 3]
+  with pytest.raises(ValueError, match="multiple"):
+    pipeline.owned_shards(3, 0, 2)
 
 
 def test_resumed_iterator_sees_the_same_batches():

@@ -96,8 +96,11 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
   return tuple(specs)
 
 
-def validate(config) -> tuple[DomainSpec, ...]:
-  """Checks the config before any work; returns its domains."""
+def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
+  """Checks the config before any work; returns its domains.
+
+  `needs_data`: the mode reads data, so an MSD config must name its folder.
+  """
   m = config.model
   layers.check_mode(m.mode, m.downsample)
   if int(m.num_levels) < 1 or int(m.features_root) < 1:
@@ -107,6 +110,14 @@ def validate(config) -> tuple[DomainSpec, ...]:
   if m.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
   specs = resolve_domains(config)
+  if needs_data and config.data.source == "msd":
+    manual = config.data.get("manual_dir", "")
+    if not manual:
+      raise ConfigError(
+          "The msd preset reads MSD data: pass --config.data.manual_dir=/path/to/MSD "
+          "(the folder holding Task02_Heart, Task03_Liver, ...).")
+    if not os.path.isdir(manual):
+      raise ConfigError(f"config.data.manual_dir {manual!r} is not a folder.")
   divisor = 2 ** (int(m.num_levels) - 1)
   patch = patch_size(config)
   if any(p % divisor for p in patch):

@@ -296,24 +296,25 @@ class _Canvas:
   def region_shape(sl):
     return tuple(s.stop - s.start for s in sl)
 
-  def paint(self, sl, d, values, label=None):
+  def paint(self, sl, d, values, label: int = 0):
     """Paints a structure over the region `sl` (painter's algorithm).
+
+    The label is always written where the structure covers a voxel (by
+    default 0): whatever hides a target in the image also hides it in the
+    label, so labels can never disagree with the image.
 
     Args:
       sl: region slices.
       d: signed distance in voxels (< 0 inside), broadcastable to the region.
       values: one intensity per channel, scalar or region-shaped array.
-      label: label value written where d < 0 (occupancy > 0.5), or None.
+      label: label value written where d < 0 (occupancy > 0.5).
     """
     occ = np.clip(0.5 - d, 0.0, 1.0).astype(np.float32, copy=False)
     for c, v in enumerate(values):
-      if v is None:
-        continue
       reg = self.image[c][sl]
       reg += occ * (v - reg)
-    if label is not None:
-      lab = self.label[sl]
-      lab[np.broadcast_to(d < 0, lab.shape)] = label
+    lab = self.label[sl]
+    lab[np.broadcast_to(d < 0, lab.shape)] = label
 
   def noise(self, sl, sigma_mm) -> np.ndarray:
     """Unit-variance smoothed Gaussian noise over region `sl`, (d, h, w)."""
@@ -565,7 +566,7 @@ def _build_abdomen(cv: _Canvas, target: str) -> None:
   hu_spleen = hu_liver + _u(rng, 25, 35)
   hu_panc = hu_liver - _u(rng, 22, 30)
   hu_vessel = hu_liver + _u(rng, 70, 100)
-  hu_bowel = hu_liver - _u(rng, 25, 45)
+  hu_bowel = hu_liver - _u(rng, 45, 60)
   hu_kidney = hu_liver + _u(rng, 60, 110)
 
   # Body: elliptic cylinder, flatter back, on a couch.
@@ -750,14 +751,6 @@ def _build_abdomen(cv: _Canvas, target: str) -> None:
 
   organ(spl, lambda sl: [hu_spleen + 3.0 * cv.noise(sl, 2.0)], lab["spleen"])
 
-  res = _tube(cv, p_pts, p_rad)
-  if res:
-    sl = res[0]
-    # Lobulated parenchyma: fat clefts between lobules (dark speckles).
-    lob = cv.noise(sl, 1.3)
-    val = hu_panc + 5.0 * lob - np.clip(lob - 1.0, 0, None) * _u(rng, 60, 90)
-    organ(res, lambda sl: [val], lab["pancreas"], clip=False)
-
   lc = np.array([zs + _u(rng, -4, 4), y0 + _u(rng, 0, 8), x0 + _u(rng, 17, 23)])
   l_semi = np.array([_u(rng, 26, 33), _u(rng, 24, 29), _u(rng, 25, 30)])
   l_rot = _rotation(rng, (12, 8, 8))
@@ -795,6 +788,15 @@ def _build_abdomen(cv: _Canvas, target: str) -> None:
       cv.paint(res[0], res[1] - 1.0, [hu_fat + 15.0], label=0)
       cv.paint(res[0], res[1], [_u(rng, 0, 20)], label=0)
 
+  # Pancreas last: nothing may cut the thin organ into pieces.
+  res = _tube(cv, p_pts, p_rad)
+  if res:
+    sl = res[0]
+    # Lobulated parenchyma: fat clefts between lobules (dark speckles).
+    lob = cv.noise(sl, 1.3)
+    val = hu_panc + 5.0 * lob - np.clip(lob - 1.0, 0, None) * _u(rng, 60, 90)
+    organ(res, lambda sl: [val], lab["pancreas"], clip=False)
+
   # Scanner: blur, correlated noise, HU range.
   img = _psf(cv.image[0], (0.4, 0.6, 0.6))
   noise = rng.standard_normal(img.shape, dtype=np.float32)
@@ -821,7 +823,7 @@ def _build_heart(cv: _Canvas) -> None:
   full = cv.full()
   zfov = cv.shape[0] * sp[0] / 2
   blood = 1.0
-  myo, fat, lung, muscle = _u(rng, 0.26, 0.34), _u(rng, 0.6, 0.7), 0.06, 0.28
+  myo, fat, lung, muscle = _u(rng, 0.26, 0.34), _u(rng, 0.58, 0.66), 0.06, 0.28
 
   y0, x0 = _u(rng, -2, 2), _u(rng, -3, 3)
   ay, ax = _u(rng, 34, 38), _u(rng, 48, 54)
@@ -862,12 +864,6 @@ def _build_heart(cv: _Canvas) -> None:
   cv.paint(sl, d, [0.12])
   cv.paint(sl, d + 1.2, [_u(rng, 0.45, 0.6) + 0.04 * cv.noise(sl, 1.0)])
 
-  # Descending aorta, left of the spine.
-  dao_y, dao_x = vb_y + r_vb + _u(rng, 3, 5), x0 - _u(rng, 8, 11)
-  res = _tube(cv, along_z(dao_y, dao_x), _u(rng, 5, 6))
-  cv.paint(res[0], res[1] - 1.0, [myo])
-  cv.paint(*res, [blood + _u(rng, -0.06, 0.06) + 0.03 * cv.noise(res[0], 1.5)])
-
   # Heart frame: centre, small random rotation; offsets below are (z, y, x) mm.
   hc = np.array([_u(rng, -6, 0), y0 + _u(rng, 8, 12), x0 + _u(rng, -5, -1)])
   hr = _rotation(rng, (12, 8, 8))
@@ -883,12 +879,18 @@ def _build_heart(cv: _Canvas) -> None:
   cv.paint(sl, d - 2.0, [fat + 0.03 * cv.noise(sl, 1.5)])
   cv.paint(sl, d, [myo + 0.02 * cv.noise(sl, 1.5)])
 
+  # Descending aorta, left of the spine, behind the left atrium.
+  dao_y, dao_x = vb_y + r_vb + _u(rng, 3, 5), x0 - _u(rng, 8, 11)
+  res = _tube(cv, along_z(dao_y, dao_x), _u(rng, 5, 6))
+  cv.paint(res[0], res[1] - 1.3, [fat])
+  cv.paint(*res, [blood + _u(rng, -0.04, 0.04) + 0.03 * cv.noise(res[0], 1.5)])
+
   def pool(res, halo, rough=0.03):
     if res is None:
       return
     sl, d = res
     cv.paint(sl, d - halo, [myo])
-    cv.paint(sl, d, [blood + _u(rng, -0.06, 0.06) + rough * cv.noise(sl, 1.5)])
+    cv.paint(sl, d, [blood + _u(rng, -0.04, 0.04) + rough * cv.noise(sl, 1.5)])
 
   # Left ventricle (thick wall), right ventricle, right atrium, outflow tracts.
   lv_rot = hr @ _in_plane_rotation(_u(rng, -45, -25))
@@ -924,8 +926,8 @@ def _build_heart(cv: _Canvas) -> None:
   for sl, d in parts:
     cv.paint(sl, d - 1.3, [myo], label=0)
   # Slow, swirling atrial flow: a little darker and mottled.
-  la_mean = blood * _u(rng, 0.8, 0.86)
-  la_amp = _u(rng, 0.1, 0.13)
+  la_mean = blood * _u(rng, 0.78, 0.83)
+  la_amp = _u(rng, 0.08, 0.1)
   for sl, d in parts:
     cv.paint(sl, d, [la_mean + la_amp * cv.noise(sl, 1.6)], label=1)
 
@@ -950,9 +952,8 @@ def _build_hippocampus(cv: _Canvas) -> None:
   """
   rng = cv.rng
   full = cv.full()
-  wm, gm, csf = _u(rng, 0.74, 0.82), _u(rng, 0.45, 0.5), _u(rng, 0.1, 0.16)
-  cv.paint(full, np.full((1, 1, 1), -10.0, np.float32),
-           [wm + 0.02 * cv.noise(full, 2.0)])
+  wm, gm, csf = _u(rng, 0.78, 0.84), _u(rng, 0.44, 0.48), _u(rng, 0.1, 0.16)
+  cv.image[0] = wm + 0.02 * cv.noise(full, 2.0)
 
   rot = _rotation(rng, (10, 8, 8))
   shift = rng.uniform(-2.5, 2.5, 3)
@@ -1023,7 +1024,7 @@ def _build_hippocampus(cv: _Canvas) -> None:
               _Shape.random(rng, 0.06))
   if res:
     # More myelinated fibres than cortex: a little brighter on T1.
-    cv.paint(res[0], res[1], [gm + _u(rng, 0.14, 0.18) + 0.012 * cv.noise(res[0], 1.5)])
+    cv.paint(res[0], res[1], [gm + _u(rng, 0.18, 0.21) + 0.012 * cv.noise(res[0], 1.5)])
 
   # Hippocampus with its digitations; a thin WM (alveus) halo separates it.
   parts = [_tube(cv, pts, radii, with_param=True)]
@@ -1037,9 +1038,9 @@ def _build_hippocampus(cv: _Canvas) -> None:
   for sl, d, _ in parts:
     cv.paint(sl, d - 1.2, [wm + 0.02], label=0)
   # Head: slightly brighter and mottled by its digitations; body/tail: smooth.
-  head_gm, body_gm = gm + _u(rng, 0.07, 0.1), gm + _u(rng, 0.035, 0.05)
+  head_gm, body_gm = gm + _u(rng, 0.11, 0.14), gm + _u(rng, 0.06, 0.08)
   for sl, d, prm in parts:
-    val = np.where(prm >= t_split, head_gm + 0.04 * cv.noise(sl, 1.0),
+    val = np.where(prm >= t_split, head_gm + 0.03 * cv.noise(sl, 1.0),
                    body_gm + 0.012 * cv.noise(sl, 1.5))
     # Dark cleft at the head/body border, in the outer part of the tube.
     cleft = (np.abs(prm - t_split) * seg.sum() < 0.8) & (d > -2.5)
@@ -1077,8 +1078,8 @@ def _build_prostate(cv: _Canvas) -> None:
   muscle = (_u(rng, 0.18, 0.26), _u(rng, 1300, 1500))
   t2_pz, adc_pz = _u(rng, 0.8, 0.92), _u(rng, 1650, 2000)
   t2_tz, adc_tz = _u(rng, 0.4, 0.5), _u(rng, 1100, 1400)
-  cv.paint(full, np.full((1, 1, 1), -10.0, np.float32),
-           [fat[0] + 0.03 * cv.noise(full, 2.0), fat[1]])
+  cv.image[0] = fat[0] + 0.03 * cv.noise(full, 2.0)
+  cv.image[1] = fat[1]
 
   zg = _u(rng, -8, 8)
   ry = _u(rng, -25, -21)

@@ -1,0 +1,114 @@
+"""Sliding-window inference over whole volumes (nnU-Net's scheme).
+
+Windows of the training patch size tile the volume with a given overlap;
+their softmax outputs are weighted by a Gaussian (σ = patch/8, so window
+borders count less) and averaged. Windows are evaluated in fixed-size batches
+(the last batch is padded, so one compiled program serves every volume).
+Optional test-time mirroring averages the predictions over the 8 flips.
+
+Shapes: image (D, H, W, C) float32 → probabilities (D, H, W, K) float32.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterator
+
+import numpy as np
+
+from u2net_jax.errors import InputError
+
+PredictFn = Callable[[np.ndarray], np.ndarray]  # (B, P0, P1, P2, C) -> (B, P0, P1, P2, K)
+
+
+def gaussian_weights(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
+  """(P0, P1, P2) float32 importance map, max 1, strictly positive."""
+  axes = []
+  for p in patch:
+    x = np.arange(p, dtype=np.float64) - (p - 1) / 2
+    sigma = max(p * sigma_scale, 1e-6)
+    axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+  w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+  w = w / w.max()
+  return np.maximum(w, 1e-3).astype(np.float32)  # no zero weights at the corners
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+  """Start indices covering [0, size) with windows of `patch` (size ≥ patch)."""
+  if size <= patch:
+    return [0]
+  step = max(1, int(round(patch * (1 - overlap))))
+  starts = list(range(0, size - patch + 1, step))
+  if starts[-1] != size - patch:
+    starts.append(size - patch)
+  return starts
+
+
+def windows(shape, patch, overlap) -> Iterator[tuple[slice, slice, slice]]:
+  for z, y, x in itertools.product(*[window_starts(s, p, overlap) for s, p in zip(shape, patch)]):
+    yield (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+
+
+def _mirrored(predict_fn: PredictFn) -> PredictFn:
+  def fn(x):
+    total = None
+    for flips in itertools.product((False, True), repeat=3):
+      axes = tuple(a + 1 for a, f in enumerate(flips) if f)
+      xi = np.flip(x, axes) if axes else x
+      p = predict_fn(np.ascontiguousarray(xi))
+      p = np.flip(p, axes) if axes else p
+      total = p if total is None else total + p
+    return total / 8
+  return fn
+
+
+def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: int, *,
+                   overlap: float = 0.5, batch_size: int = 2, mirror: bool = False,
+                   channels: int | None = None, sigma_scale: float = 1 / 8,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+  """Softmax probabilities of a whole volume.
+
+  Args:
+    image: (D, H, W, C) float32.
+    predict_fn: batch of windows → probabilities (only the first `num_classes`
+      output channels are used).
+    patch: window size (P0, P1, P2).
+    num_classes: K.
+    overlap: fraction of a window shared with its neighbour, in [0, 1).
+    batch_size: windows per predict_fn call (fixed; the last batch is padded).
+    mirror: average over the 8 axis flips.
+    channels: zero-pad the input's channels to this many (one program for
+      domains with different channel counts).
+    progress: called with (windows done, windows total).
+  Returns:
+    (D, H, W, K) float32 probabilities.
+  """
+  if image.ndim != 4:
+    raise InputError(f"sliding_window expects (D, H, W, C), got shape {image.shape}.")
+  if not 0 <= overlap < 1:
+    raise InputError(f"overlap {overlap} must be in [0, 1).")
+  patch = tuple(int(p) for p in patch)
+  shape = image.shape[:3]
+  # Pad volumes smaller than the window (zeros = mean intensity after normalization).
+  padded = tuple(max(s, p) for s, p in zip(shape, patch))
+  c = channels or image.shape[-1]
+  vol = np.zeros(padded + (c,), np.float32)
+  vol[:shape[0], :shape[1], :shape[2], :image.shape[-1]] = image
+  fn = _mirrored(predict_fn) if mirror else predict_fn
+  weights = gaussian_weights(patch, sigma_scale)
+  acc = np.zeros(padded + (num_classes,), np.float32)
+  norm = np.zeros(padded, np.float32)
+  slices = list(windows(padded, patch, overlap))
+  for i in range(0, len(slices), batch_size):
+    chunk = slices[i:i + batch_size]
+    batch = np.zeros((batch_size,) + patch + (c,), np.float32)
+    for j, sl in enumerate(chunk):
+      batch[j] = vol[sl]
+    probs = np.asarray(fn(batch))[..., :num_classes]
+    for j, sl in enumerate(chunk):
+      acc[sl] += probs[j] * weights[..., None]
+      norm[sl] += weights
+    if progress:
+      progress(min(i + batch_size, len(slices)), len(slices))
+  out = acc / norm[..., None]
+  return out[:shape[0], :shape[1], :shape[2]]

@@ -1,0 +1,55 @@
+"""Metrics logging from process 0: console, JSON lines and TensorBoard (no TF)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricLogger:
+  """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard event files."""
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None, stream=sys.stdout):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.stream = stream
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # optional
+        self._tb = None
+
+  def info(self, message: str) -> None:
+    if self.enabled:
+      print(message, file=self.stream, flush=True)
+
+  def scalars(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "time": time.time()}
+    record.update({k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        if not isinstance(v, str):
+          self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def eta(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
