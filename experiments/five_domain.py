@@ -117,6 +117,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.synthetic.num_validation = 2
     c.model.features_root = 4
     c.model.num_levels = 3
+    # Grouped conv compiles 2× faster than the fused 'shift' depthwise (which
+    # wins at real sizes); tests compare the two directly.
+    c.model.depthwise_impl = "lax"
     c.train.steps = 6
     c.train.batch_size = 8
     c.train.warmup_steps = 0

@@ -340,16 +340,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f"(tracing {trace_s:.1f} s)")
 
   def summary_of(step, results):
-    return {
-        "step": int(step), "mode": config.model.mode,
-        "domains": {n: {"dice": r["dice"], "mean_dice": r["mean_dice"], "hd95_mm": r["hd95_mm"],
-                        "surface_dice": r["surface_dice"], "cases": r["cases"],
-                        "threshold_baseline_dice": meta_ds[n].get("threshold_baseline_dice")}
-                    for n, r in results.items()},
-        "params": {"shared": counts["shared"], "per_domain": counts["per_domain"],
-                   "total": counts["total"]},
-        "train_seconds": float(train_seconds),
-    }
+    return make_summary(step, config.model.mode, results, meta_ds, counts, train_seconds)
 
   def save(step, force=False):
     meta = meta_of(step)
@@ -444,6 +435,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return summary
 
 
+def make_summary(step, mode, results, dataset_meta, counts, train_seconds) -> dict:
+  """The `eval/summary.json` object."""
+  return {
+      "step": int(step), "mode": mode,
+      "domains": {n: {"dice": r["dice"], "mean_dice": r["mean_dice"], "hd95_mm": r["hd95_mm"],
+                      "surface_dice": r["surface_dice"], "cases": r["cases"],
+                      "threshold_baseline_dice": dataset_meta[n].get("threshold_baseline_dice")}
+                  for n, r in results.items()},
+      "params": {k: counts[k] for k in ("shared", "per_domain", "total")},
+      "train_seconds": None if train_seconds is None else float(train_seconds),
+  }
+
+
 def write_summary(workdir: str, summary: dict, results: dict) -> None:
   import json  # pylint: disable=g-import-not-at-top
   d = os.path.join(workdir, "eval")
@@ -502,16 +506,8 @@ def evaluate_workdir(config, workdir: str) -> dict:
   log_.info(f"evaluating step {step} of {workdir}")
   results = run_evaluation(parts, params, specs, val, config, config_utils.patch_size(config),
                            model.max_in_channels, log_.info)
-  counts = models.param_counts(model)
-  summary = {
-      "step": int(step), "mode": config.model.mode,
-      "domains": {n: {"dice": r["dice"], "mean_dice": r["mean_dice"], "hd95_mm": r["hd95_mm"],
-                      "surface_dice": r["surface_dice"], "cases": r["cases"],
-                      "threshold_baseline_dice": meta_ds[n].get("threshold_baseline_dice")}
-                  for n, r in results.items()},
-      "params": {k: counts[k] for k in ("shared", "per_domain", "total")},
-      "train_seconds": None,
-  }
+  summary = make_summary(step, config.model.mode, results, meta_ds,
+                         models.param_counts(model), None)
   write_summary(workdir, summary, results)
   print_table(summary, log_.info)
   log_.close()
