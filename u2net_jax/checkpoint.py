@@ -74,33 +74,37 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self.latest.all_steps())
 
-  def read_meta(self, step: int) -> dict:
-    return dict(self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-                ["meta"])
-
   def restore_latest(self, abstract_state, check_meta: Callable[[dict], None] | None = None):
     """(step, state, meta) of the newest readable checkpoint, or None if none.
 
     A checkpoint that fails to read is skipped with a warning (the previous one
     is tried); if every checkpoint fails, CheckpointError.
     """
-    steps = self.steps()
+    return self._restore(self.latest, abstract_state, check_meta)
+
+  def restore_best(self, abstract_state, check_meta: Callable[[dict], None] | None = None):
+    """Like `restore_latest`, from the best-by-mean-Dice checkpoint."""
+    return self._restore(self.best, abstract_state, check_meta)
+
+  def _restore(self, manager, abstract_state, check_meta):
+    steps = sorted(manager.all_steps())
     errors = []
     for step in reversed(steps):
       try:
-        meta = self.read_meta(step)
+        meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                    ["meta"])
         if check_meta:
           check_meta(meta)
-        restored = self.latest.restore(step, args=ocp.args.Composite(
+        restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return step, restored["state"], dict(restored["meta"])
       except CheckpointError:
         raise
       except Exception as e:  # Orbax/tensorstore raise many types for bad files.
         log.warning("checkpoint %d in %s is unreadable (%s); trying an older one.",
-                    step, self.directory, e)
+                    step, manager.directory, e)
         errors.append(f"step {step}: {e}")
     if steps:
       raise CheckpointError(
-          f"No readable checkpoint in {self.directory}: " + "; ".join(errors))
+          f"No readable checkpoint in {manager.directory}: " + "; ".join(errors))
     return None

@@ -482,10 +482,8 @@ def restore_params(config, workdir: str, *, which: str = "best"):
   check = lambda m: check_architecture(m, arch, ckpts.directory)
   restored = None
   try:
-    if which == "best" and ckpts.best.latest_step() is not None:
-      best = ckpt_lib.Checkpoints.__new__(ckpt_lib.Checkpoints)
-      best.latest, best.directory = ckpts.best, ckpts.best.directory
-      restored = best.restore_latest(abstract, check_meta=check)
+    if which == "best":
+      restored = ckpts.restore_best(abstract, check_meta=check)
     if restored is None:
       restored = ckpts.restore_latest(abstract, check_meta=check)
   finally:
