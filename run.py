@@ -2,6 +2,8 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
 
   python run.py --config=experiments/five_domain.py[:preset] [--config.a.b=v] \
       [--workdir=DIR] [--mode=params]
+  python run.py --mode=predict --workdir=DIR --domain=NAME --input=IN --output=OUT
+  python run.py --mode=export --workdir=DIR [--domain=NAME]
 """
 
 import logging
@@ -12,10 +14,23 @@ from absl import flags
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Run directory (default runs/<config stem>[_<preset>]).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "params"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "params", "predict", "export"],
                   "train: train then evaluate (resumes from the workdir's checkpoints); "
                   "evaluate: evaluate the workdir's best/latest checkpoint; "
-                  "params: print and write parameter counts.")
+                  "params: print and write parameter counts; "
+                  "predict: segment NIfTI scans (--domain, --input, --output); "
+                  "export: write <workdir>/export/<domain>/ for every (or --domain's) domain.")
+flags.DEFINE_string("domain", "", "predict/export: the domain to use, e.g. heart.")
+flags.DEFINE_string("input", "", "predict: a NIfTI file (3D, or 4D with channels last), "
+                    "nnU-Net channel files CASE_0000.nii.gz (name the _0000 one), or a folder.")
+flags.DEFINE_string("output", "", "predict: a .nii.gz file (one input case) or a folder.")
+flags.DEFINE_bool("save_probabilities", False,
+                  "predict: also write <case>_probabilities.nii.gz (4D, uint8 scaled by 1/255).")
+flags.DEFINE_enum("postprocess", "auto", ["auto", "on", "off"],
+                  "predict: keep each class's largest connected component — auto: only for "
+                  "the classes where that raised the validation Dice (decided once per "
+                  "checkpoint and stored in the workdir), on: every class, off: none.")
+flags.DEFINE_bool("progress", True, "predict: progress bars (cases, windows) on stderr.")
 config_flags.DEFINE_config_file("config", None, "Config file, path.py[:preset].",
                                 lock_config=True)
 FLAGS = flags.FLAGS
@@ -34,6 +49,7 @@ def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   # Imported here so `--help` stays fast.
   from u2net_jax import config_utils, param_table, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.config is None:
@@ -41,7 +57,9 @@ def main(argv):
         raise U2NetError("--config is required, e.g. --config=experiments/five_domain.py "
                          "(evaluate needs --config or --workdir of a trained run)")
       workdir = FLAGS.workdir
-      config = config_utils.load_config(workdir)
+      # predict also runs from an export folder (W/export/<domain>), which has no config.
+      config = (None if FLAGS.mode == "predict" and export.is_export_dir(workdir)
+                else config_utils.load_config(workdir))
     else:
       config, path, preset = _config_and_preset()
       workdir = FLAGS.workdir or config_utils.default_workdir(path, preset)
@@ -51,6 +69,12 @@ def main(argv):
       train.train_and_evaluate(config, workdir)
     elif FLAGS.mode == "evaluate":
       train.evaluate_workdir(config, workdir)
+    elif FLAGS.mode == "predict":
+      predict.run(config, workdir, domain=FLAGS.domain, input_path=FLAGS.input,
+                  output=FLAGS.output, postprocess_mode=FLAGS.postprocess,
+                  save_probabilities=FLAGS.save_probabilities, progress=FLAGS.progress)
+    elif FLAGS.mode == "export":
+      export.run(config, workdir, domain=FLAGS.domain, postprocess_mode=FLAGS.postprocess)
   except U2NetError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from u2net_jax import checkpoint as ckpt_lib
 from u2net_jax import config_utils, evaluate, layers, logging_utils, losses, models, optim
+from u2net_jax import plans
 from u2net_jax.data import augment, datasets, pipeline
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
 
@@ -304,6 +305,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
            for d in specs}
   val = {d.name: datasets.read_examples(dirs[d.name], "validation") for d in specs}
   meta_ds = {d.name: datasets.metadata(dirs[d.name]) for d in specs}
+  if jax.process_index() == 0:  # What predict/export need to preprocess like this data.
+    plans.write(workdir, [plans.from_metadata(d, meta_ds[d.name], dirs[d.name]) for d in specs])
   log(f"data ready in {time.time() - t_data:.1f} s: " + ", ".join(
       f"{n} {sum(map(len, c.values()))} train/{len(val[n])} val" for n, c in cases.items()))
   weights = config_utils.domain_weights(config, specs)
@@ -471,9 +474,13 @@ def print_table(summary: dict, log) -> None:
   log(f"mean over domains: {np.mean([r['mean_dice'] for r in summary['domains'].values()]):.3f}")
 
 
-def restore_params(config, workdir: str, *, which: str = "best"):
-  """(model parts, params, specs, step) from the workdir's best (else latest) checkpoint."""
-  specs = config_utils.validate(config, needs_data=True)
+def restore_params(config, workdir: str, *, which: str = "best", needs_data: bool = True):
+  """(model parts, params, specs, step) from the workdir's best (else latest) checkpoint.
+
+  `needs_data=False`: the caller reads no dataset (predict, export), so an MSD
+  config need not name its data folder.
+  """
+  specs = config_utils.validate(config, needs_data=needs_data)
   mesh = make_mesh(1)
   model, parts, state, _, _ = build_train_state(config, specs, mesh)
   ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=int(config.train.max_to_keep))

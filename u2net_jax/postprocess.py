@@ -1,0 +1,107 @@
+"""Post-processing: keep the largest connected component of a class (nnU-Net's rule).
+
+`keep_largest(labels, classes)` sets every voxel of a listed class that is not
+in that class's largest 26-connected component to background (0).
+
+Whether to do it is decided per class on the validation cases (`decide`): a
+class gets it only if it raises that class's mean validation Dice (strictly).
+Decisions are stored per domain, with the checkpoint step they were made for,
+in `<workdir>/postprocessing.json` (`read_decision` / `write_decision`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from u2net_jax import metrics
+
+DECISIONS_FILE = "postprocessing.json"
+_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
+
+
+def keep_largest(labels: np.ndarray, classes: Iterable[int]) -> np.ndarray:
+  """Largest connected component per class.
+
+  Args:
+    labels: (D, H, W) integer class ids.
+    classes: foreground class ids to filter.
+  Returns:
+    A copy of `labels` where the smaller components of each listed class are 0.
+  """
+  out = np.array(labels, copy=True)
+  for c in classes:
+    mask = out == c
+    if not mask.any():
+      continue
+    comp, n = ndimage.label(mask, structure=_CONNECTIVITY)
+    if n > 1:
+      sizes = np.bincount(comp.ravel())
+      sizes[0] = 0
+      out[mask & (comp != int(np.argmax(sizes)))] = 0
+  return out
+
+
+def decide(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+           class_names: Sequence[str]) -> dict:
+  """Which classes the largest-component filter helps on labelled cases.
+
+  Args:
+    predictions: (D, H, W) predicted class ids, one per case.
+    labels: (D, H, W) reference class ids, same shapes.
+    class_names: all K class names, background first.
+  Returns:
+    {class name: {"apply": bool, "dice_before": float, "dice_after": float}}
+    for each foreground class; Dice means over the cases.
+  """
+  k = len(class_names)
+  before, after = [], []
+  for pred, label in zip(predictions, labels):
+    before.append(metrics.dice(pred, label, k))
+    after.append([metrics.dice(keep_largest(pred, [c]), label, k)[c - 1] for c in range(1, k)])
+  if not before:
+    return {}
+  b, a = np.mean(before, axis=0), np.mean(after, axis=0)
+  return {name: {"apply": bool(a[i] > b[i]), "dice_before": float(b[i]),
+                 "dice_after": float(a[i])}
+          for i, name in enumerate(class_names[1:])}
+
+
+def classes_to_filter(decision: dict, class_names: Sequence[str]) -> list[int]:
+  """Class ids whose decision says apply."""
+  return [i for i, n in enumerate(class_names) if i and decision.get(n, {}).get("apply")]
+
+
+def read_decision(workdir: str, domain: str, step: int) -> dict | None:
+  """The stored decision of `domain` for checkpoint `step`, or None."""
+  path = os.path.join(workdir, DECISIONS_FILE)
+  try:
+    with open(path) as f:
+      entry = json.load(f).get(domain)
+  except (OSError, ValueError, AttributeError):
+    return None
+  if not isinstance(entry, dict) or entry.get("step") != int(step):
+    return None
+  return entry.get("classes")
+
+
+def write_decision(workdir: str, domain: str, step: int, classes: dict, cases: int) -> None:
+  """Stores `domain`'s decision (read-modify-write of the JSON file, atomic replace)."""
+  path = os.path.join(workdir, DECISIONS_FILE)
+  try:
+    with open(path) as f:
+      body = json.load(f)
+    if not isinstance(body, dict):
+      body = {}
+  except (OSError, ValueError):
+    body = {}
+  body[domain] = {"step": int(step), "cases": int(cases), "classes": classes,
+                  "rule": "largest connected component where it raises mean validation Dice"}
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(body, f, indent=2)
+  os.replace(tmp, path)

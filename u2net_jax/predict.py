@@ -1,0 +1,325 @@
+"""--mode=predict: NIfTI scans in, label maps on the same grid out.
+
+One case goes: load (3D, 4D or channel files) → the training preprocessing
+(`preprocess.preprocess_case`: crop to non-zero, resample to the plan's
+spacing, normalize) → streamed sliding window (`stream`, bounded memory) →
+arg-max → optional largest-component filter → `preprocess.invert_label`
+(back into the crop box, resampled to the source grid) → a uint8 NIfTI with
+the input's affine, header geometry and shape (+ optional probability maps).
+
+A `Predictor` is a domain's plan plus a window function; it comes from a
+workdir's checkpoint (`from_workdir`) or from an export (`export.load`), and
+the rest of the pipeline does not care which.
+
+This module imports JAX/Flax only inside `from_workdir` and `run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from u2net_jax import inputs, outputs, postprocess, stream
+from u2net_jax.data import preprocess
+from u2net_jax.errors import ConfigError, InputError
+from u2net_jax.plans import DomainPlan
+
+POSTPROCESS_MODES = ("auto", "on", "off")
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A domain's preprocessing plan and window predictor.
+
+  Attributes:
+    plan: the domain's `DomainPlan`.
+    fn: (B, P0, P1, P2, C) float32 windows -> (B, P0, P1, P2, K) probabilities.
+    overlap, window_batch, mirror: sliding-window settings (config.eval).
+    decision: stored largest-component decision {class: {"apply": bool, ...}},
+      or None if not known yet.
+    step: checkpoint step the weights come from.
+    source: the workdir or export folder.
+  """
+  plan: DomainPlan
+  fn: Callable[[np.ndarray], np.ndarray]
+  overlap: float = 0.5
+  window_batch: int = 2
+  mirror: bool = False
+  decision: dict | None = None
+  step: int = 0
+  source: str = ""
+
+  def __call__(self, windows: np.ndarray) -> np.ndarray:
+    return self.fn(windows)
+
+  def predict_volume(self, image: np.ndarray, *, keep_probabilities: bool = False,
+                     progress=None, stats: dict | None = None):
+    """(labels uint8 (D, H, W), float16 probabilities or None) of a preprocessed volume."""
+    return stream.predict_labels(
+        image, self.fn, self.plan.patch_size, self.plan.num_classes,
+        keep_probabilities=keep_probabilities, overlap=self.overlap,
+        batch_size=self.window_batch, mirror=self.mirror, progress=progress, stats=stats)
+
+
+# ----------------------------------------------------------------------------
+# One case.
+
+def invert_probabilities(probs: np.ndarray, crop_box, original_shape) -> np.ndarray:
+  """Probabilities on the preprocessed grid -> uint8-quantized on the source grid.
+
+  Args:
+    probs: (D', H', W', K) on the grid `preprocess_case` produced.
+    crop_box: (3, 2) [start, stop) of the non-zero crop on the source grid.
+    original_shape: source (D, H, W).
+  Returns:
+    uint8 (D, H, W, K) (`outputs.quantize` scale): linear resampling into the
+    crop box; outside it, background = 1.
+  """
+  box = np.asarray(crop_box, np.int64).reshape(3, 2)
+  box_shape = tuple(int(b - a) for a, b in box)
+  k = probs.shape[-1]
+  out = np.zeros(tuple(int(s) for s in original_shape) + (k,), np.uint8)
+  out[..., 0] = 255
+  sl = tuple(slice(int(a), int(b)) for a, b in box)
+  for c in range(k):
+    r = preprocess.resize(probs[..., c:c + 1].astype(np.float32), box_shape, order=1)
+    out[sl + (c,)] = outputs.quantize(r[..., 0])
+  return out
+
+
+def segment(image: np.ndarray, spacing, predictor: Predictor, *, lcc_classes=(),
+            keep_probabilities: bool = False, progress=None, stats: dict | None = None):
+  """Segments one scan on its own grid.
+
+  Args:
+    image: (D, H, W, C) float32 raw intensities (HU for CT).
+    spacing: mm (z, y, x) of `image`.
+    predictor: the domain's `Predictor`.
+    lcc_classes: class ids whose largest connected component alone is kept
+      (applied on the model's grid, before inversion).
+    keep_probabilities: also return the probability maps.
+    progress: called with (windows done, windows total).
+    stats: if given, receives 'buffer_bytes', 'windows' and 'model_grid' (D', H', W').
+  Returns:
+    (labels uint8 (D, H, W), probabilities uint8 (D, H, W, K) quantized or None).
+  """
+  plan = predictor.plan
+  if image.ndim != 4 or image.shape[-1] != plan.in_channels:
+    raise InputError(f"image of shape {image.shape}: domain {plan.name!r} expects "
+                     f"(D, H, W, {plan.in_channels}).")
+  pre = preprocess.preprocess_case(image, spacing, plan.modality, plan.target_spacing,
+                                   stats=plan.ct_stats, scheme=plan.normalization)
+  if stats is not None:
+    stats["model_grid"] = tuple(int(s) for s in pre["image"].shape[:3])
+  labels, probs = predictor.predict_volume(pre.pop("image"), keep_probabilities=keep_probabilities,
+                                           progress=progress, stats=stats)
+  if len(lcc_classes):
+    labels = postprocess.keep_largest(labels, lcc_classes)
+  out = preprocess.invert_label(labels, pre["crop_box"], pre["original_shape"],
+                                pre["original_spacing"], plan.target_spacing, plan.num_classes)
+  del labels
+  if probs is not None:
+    probs = invert_probabilities(probs, pre["crop_box"], pre["original_shape"])
+  return out, probs
+
+
+# ----------------------------------------------------------------------------
+# Post-processing decision.
+
+def lcc_classes(predictor: Predictor, mode: str) -> list[int]:
+  """Class ids to filter for --postprocess=`mode` (auto uses the stored decision)."""
+  if mode not in POSTPROCESS_MODES:
+    raise ConfigError(f"--postprocess {mode!r} is not one of {POSTPROCESS_MODES}.")
+  if mode == "off":
+    return []
+  if mode == "on":
+    return list(range(1, predictor.plan.num_classes))
+  return postprocess.classes_to_filter(predictor.decision or {}, predictor.plan.class_names)
+
+
+def validation_examples(plan: DomainPlan, config=None, *, split: str = "validation",
+                        log=print) -> list[dict]:
+  """The labelled examples of `split` of the domain's dataset ([] if unavailable)."""
+  from u2net_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
+  directory = plan.dataset_dir
+  try:
+    if (not directory or not os.path.isdir(directory)) and config is not None:
+      from u2net_jax import domains  # pylint: disable=g-import-not-at-top
+      spec = domains.DomainSpec(plan.name, plan.channel_names, plan.class_names,
+                                plan.modality, plan.target_spacing, plan.patch_size)
+      directory = datasets.ensure_built(config, [spec], log=log)[plan.name]
+    if not directory or not os.path.isdir(directory):
+      return []
+    examples = datasets.read_examples(directory, split)
+  except U2NetError as e:
+    log(f"warning: no {split} cases of {plan.name!r} ({e})")
+    return []
+  return [ex for ex in examples if bool(ex.get("has_label", True))]
+
+
+def decide_postprocessing(predictor: Predictor, examples, *, progress=None) -> dict:
+  """The largest-component decision of `predictor` on labelled preprocessed examples."""
+  preds, labels = [], []
+  for ex in examples:
+    pred, _ = predictor.predict_volume(np.asarray(ex["image"], np.float32))
+    preds.append(pred)
+    labels.append(np.asarray(ex["label"]))
+    if progress:
+      progress()
+  return postprocess.decide(preds, labels, predictor.plan.class_names)
+
+
+def ensure_decision(predictor: Predictor, workdir: str, config=None, *, log=print) -> dict | None:
+  """The stored decision for the predictor's step, computing and storing it if missing."""
+  found = postprocess.read_decision(workdir, predictor.plan.name, predictor.step)
+  if found is not None:
+    predictor.decision = found
+    return found
+  examples = validation_examples(predictor.plan, config, log=log)
+  if not examples:
+    log(f"warning: no labelled validation cases for {predictor.plan.name!r}: "
+        "largest-component post-processing stays off (--postprocess=on forces it).")
+    return None
+  log(f"deciding post-processing of {predictor.plan.name!r} on {len(examples)} validation "
+      "case(s) (once per checkpoint) ...")
+  decision = decide_postprocessing(predictor, examples)
+  postprocess.write_decision(workdir, predictor.plan.name, predictor.step, decision,
+                             len(examples))
+  for name, d in decision.items():
+    log(f"  {name}: Dice {d['dice_before']:.3f} -> {d['dice_after']:.3f} with the largest "
+        f"component only: {'apply' if d['apply'] else 'skip'}")
+  predictor.decision = decision
+  return decision
+
+
+# ----------------------------------------------------------------------------
+# From a workdir.
+
+def resolve_domain(config, domain: str):
+  """The DomainSpec called `domain` among the config's (ConfigError otherwise)."""
+  from u2net_jax import config_utils, domains  # pylint: disable=g-import-not-at-top
+  specs = config_utils.resolve_domains(config)
+  if not domain:
+    raise ConfigError(f"--domain is required; this model knows {[s.name for s in specs]}.")
+  return domains.lookup(specs, domain), specs
+
+
+def from_params(config, spec, plan: DomainPlan, params, step: int, source: str = "") -> Predictor:
+  """The in-process predictor of domain `spec` from a universal model's params.
+
+  It runs the same pure function (`domain_model.make_apply`, shared + this
+  domain's weights) that `--mode=export` serializes.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from u2net_jax import domain_model  # pylint: disable=g-import-not-at-top
+  weights = jax.device_put(domain_model.weights_of(params, spec, config.model))
+  apply = jax.jit(domain_model.make_apply(spec, config.model))
+  ev = config.eval
+  return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
+                   overlap=float(ev.overlap), window_batch=int(ev.window_batch),
+                   mirror=bool(ev.mirror), step=int(step), source=source)
+
+
+def from_workdir(config, workdir: str, domain: str, *, log=print) -> Predictor:
+  """The predictor of `domain` from the workdir's best (else latest) checkpoint."""
+  from u2net_jax import plans, train  # pylint: disable=g-import-not-at-top
+  spec, _ = resolve_domain(config, domain)
+  plan = plans.load(workdir, config, [spec], log=log)[spec.name]
+  _, _, params, _, step = train.restore_params(config, workdir, needs_data=False)
+  return from_params(config, spec, plan, params, step, os.path.abspath(workdir))
+
+
+# ----------------------------------------------------------------------------
+# The command.
+
+def _progress_bar(total: int, desc: str, position: int = 0, leave: bool = True):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, desc=desc, position=position, leave=leave, file=sys.stderr,
+              dynamic_ncols=True, mininterval=0.5)
+
+
+def plan_cases(input_path: str, output: str, plan: DomainPlan):
+  """(cases, their metas, label paths), all checked before anything is read or written."""
+  cases = inputs.discover(input_path)
+  metas = [inputs.check_case(c, plan) for c in cases]
+  return cases, metas, inputs.output_paths(cases, input_path, output)
+
+
+def predict_cases(predictor: Predictor, cases, label_paths, *, postprocess_mode: str = "auto",
+                  save_probabilities: bool = False, progress: bool = True, log=print) -> list[dict]:
+  """Predicts `cases` (from `plan_cases`) and writes their outputs; returns per-case info."""
+  classes = lcc_classes(predictor, postprocess_mode)
+  names = [predictor.plan.class_names[c] for c in classes]
+  log(f"{predictor.plan.name}: {len(cases)} case(s); largest-component filter on "
+      f"{names or 'no class'} (--postprocess={postprocess_mode})")
+  bar = _progress_bar(len(cases), "cases") if progress else None
+  done = []
+  for case, path in zip(cases, label_paths):
+    t0 = time.time()
+    image, meta = inputs.load(case)
+    inner = _progress_bar(0, case.case_id, position=1, leave=False) if progress else None
+
+    def tick(i, n, inner=inner):
+      if inner is not None:
+        inner.total = n
+        inner.n = i
+        inner.refresh()
+
+    stats = {}
+    label, probs = segment(image, meta.spacing, predictor, lcc_classes=classes,
+                           keep_probabilities=save_probabilities, progress=tick, stats=stats)
+    del image
+    if inner is not None:
+      inner.close()
+    outputs.save_label(path, label, meta)
+    info = {"case_id": case.case_id, "output": path, "seconds": time.time() - t0,
+            "shape": meta.shape, **stats}
+    if probs is not None:
+      info["probabilities"] = inputs.probabilities_path(path)
+      outputs.save_probabilities(info["probabilities"], probs, meta)
+    done.append(info)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return done
+
+
+def run(config, workdir: str, *, domain: str, input_path: str, output: str,
+        postprocess_mode: str = "auto", save_probabilities: bool = False,
+        progress: bool = True, log=print) -> list[dict]:
+  """--mode=predict from a workdir (or from an export folder given as workdir).
+
+  Every input is checked (domain, files, headers, channel counts, output
+  names) before the checkpoint is read or anything is written.
+  """
+  from u2net_jax import export, plans  # pylint: disable=g-import-not-at-top
+  if postprocess_mode not in POSTPROCESS_MODES:
+    raise ConfigError(f"--postprocess {postprocess_mode!r} is not one of {POSTPROCESS_MODES}.")
+  if not input_path:
+    raise InputError("--input is required: a NIfTI file, channel files or a folder.")
+  if export.is_export_dir(workdir):
+    predictor_of = lambda: export.load(workdir, domain=domain)
+    plan = export.read_plan(workdir, domain=domain)
+  else:
+    spec, _ = resolve_domain(config, domain)
+    stored = plans.read(workdir)
+    plan = stored[spec.name] if stored and spec.name in stored else None
+    if plan is None:
+      plan = plans.load(workdir, config, [spec], log=log)[spec.name]
+    predictor_of = lambda: from_workdir(config, workdir, domain, log=log)
+  cases, _, label_paths = plan_cases(input_path, output, plan)
+  predictor = predictor_of()
+  if postprocess_mode == "auto" and predictor.decision is None and config is not None:
+    ensure_decision(predictor, workdir, config, log=log)
+  done = predict_cases(predictor, cases, label_paths, postprocess_mode=postprocess_mode,
+                       save_probabilities=save_probabilities, progress=progress, log=log)
+  for d in done:
+    log(f"wrote {d['output']} ({d['seconds']:.1f} s)")
+  return done
