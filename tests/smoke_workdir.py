@@ -1,0 +1,35 @@
+"""One trained `smoke` workdir shared by the predict, export and notebook tests.
+
+The first module that asks trains it (a subprocess running the real command
+line, 2 steps: ~45 s on 2 cores); later modules of the same pytest session
+find it under the session's base temp folder and reuse it.
+"""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, env=None, timeout=600):
+  """Runs `python run.py ARGS` from the project root on CPU."""
+  e = dict(os.environ, JAX_PLATFORMS="cpu")
+  e.update(env or {})
+  return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=e,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def trained(tmp_path_factory) -> tuple[str, str]:
+  """(workdir, TFDS data_dir) of a trained smoke run (heart + prostate)."""
+  root = tmp_path_factory.getbasetemp() / "smoke_predict"
+  workdir, data_dir = str(root / "work"), str(root / "tfds")
+  done = root / "DONE"
+  if not done.exists():
+    proc = cli("--config=experiments/five_domain.py:smoke", f"--workdir={workdir}",
+               f"--config.data.data_dir={data_dir}", "--config.train.steps=2",
+               "--config.train.checkpoint_every=0",
+               env={"JAX_NUM_CPU_DEVICES": "1", "JAX_COMPILATION_CACHE_DIR": str(root / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done.write_text("ok")
+  return workdir, data_dir

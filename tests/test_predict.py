@@ -1,0 +1,311 @@
+"""--mode=predict: geometry round trips, bounded memory, post-processing, bad inputs."""
+
+import json
+import os
+import shutil
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import smoke_workdir
+from u2net_jax import config_utils, inference, inputs, plans, postprocess, predict, stream
+from u2net_jax.errors import ConfigError, InputError
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  return smoke_workdir.trained(tmp_path_factory)
+
+
+def oblique_affine(zooms=(0.9, 1.7, 2.5), flips=(-1, 1, -1)):
+  """(4, 4) voxel → world map: rotated, anisotropic, with flipped axes."""
+  a, b, c = np.deg2rad([20.0, -15.0, 30.0])
+  rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+  ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+  rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+  affine = np.eye(4)
+  affine[:3, :3] = rz @ ry @ rx @ np.diag(np.multiply(zooms, flips))
+  affine[:3, 3] = [12.5, -40.0, 7.25]
+  return affine
+
+
+def write_nifti(path, data, affine=None):
+  affine = oblique_affine() if affine is None else affine
+  img = nib.Nifti1Image(np.asarray(data), affine)
+  img.set_qform(affine, code=1)
+  img.set_sform(affine, code=2)
+  nib.save(img, str(path))
+  return str(path)
+
+
+def phantom(shape=(30, 26, 20), channels=1, seed=0):
+  """(i, j, k[, c]) float32: noise, a bright box, a zero border on two sides."""
+  rng = np.random.default_rng(seed)
+  data = rng.normal(1.0, 0.03, size=shape).astype(np.float32)
+  data[8:20, 6:18, 5:14] += 3.0
+  data[:3] = 0
+  data[:, -2:] = 0
+  if channels > 1:
+    data = np.stack([data * (c + 1) for c in range(channels)], axis=-1)
+  return data
+
+
+# -- streamed sliding window ------------------------------------------------------
+
+def _toy_predict(k):
+  w = np.linspace(-1.0, 1.0, k, dtype=np.float32)
+
+  def fn(x):
+    logits = x[..., :1] * w + np.cos(x[..., :1] * 3 + w)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+  return fn
+
+
+@pytest.mark.parametrize("shape,batch,mirror", [((21, 13, 18), 3, False), ((5, 9, 12), 2, True)])
+def test_streamed_windows_equal_the_whole_volume_sliding_window(shape, batch, mirror):
+  rng = np.random.default_rng(1)
+  image = rng.normal(size=shape + (2,)).astype(np.float32)
+  fn, patch, k = _toy_predict(3), (8, 8, 8), 3
+  ref = inference.sliding_window(image, fn, patch, k, batch_size=batch, mirror=mirror)
+  out = np.concatenate([s for _, _, s in stream.stream_slabs(
+      image, fn, patch, k, batch_size=batch, mirror=mirror)], axis=0)
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+  labels, probs = stream.predict_labels(image, fn, patch, k, batch_size=batch, mirror=mirror,
+                                        keep_probabilities=True)
+  np.testing.assert_array_equal(labels, np.argmax(ref, -1))
+  np.testing.assert_allclose(probs, ref, atol=1e-3)
+
+
+def _peak_bytes(fn):
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_streaming_memory_does_not_grow_with_depth():
+  """A deep volume: naive stitching holds (D, H, W, K) floats, the stream one window's depth."""
+  patch, k = (8, 8, 8), 4
+  fn = _toy_predict(k)
+  image = np.random.default_rng(0).normal(size=(240, 24, 24, 1)).astype(np.float32)
+  naive_accumulator = 240 * 24 * 24 * (k + 1) * 4
+  stats = {}
+  peak = _peak_bytes(lambda: stream.predict_labels(image, fn, patch, k, stats=stats))
+  assert stats["buffer_bytes"] == 8 * 24 * 24 * (k + 1) * 4
+  # labels (1 byte/voxel) + one slab buffer + a batch: far below the naive sums.
+  assert peak < naive_accumulator / 4, (peak, naive_accumulator)
+  assert _peak_bytes(lambda: inference.sliding_window(image, fn, patch, k)) > naive_accumulator
+  # Twice as deep: the same buffer.
+  deeper = np.concatenate([image, image])
+  stats2 = {}
+  stream.predict_labels(deeper, fn, patch, k, stats=stats2)
+  assert stats2["buffer_bytes"] == stats["buffer_bytes"]
+
+
+# -- the pipeline on a fake model: geometry and inversion -----------------------------
+
+def _threshold_predictor(plan):
+  """Class 1 where the (normalized) first channel is positive: no model needed."""
+  def fn(x):
+    p1 = 1.0 / (1.0 + np.exp(-8.0 * x[..., :1]))
+    return np.concatenate([1.0 - p1] + [np.zeros_like(p1)] * (plan.num_classes - 2) + [p1], -1)
+  return predict.Predictor(plan=plan, fn=fn, window_batch=3)
+
+
+def _plan(spacing, channels=("MRI",), classes=("background", "organ")):
+  return plans.DomainPlan("organ", "MRI", channels, classes, spacing, patch_size=(8, 8, 8))
+
+
+@pytest.mark.parametrize("target", [(2.5, 1.7, 0.9), (2.0, 2.0, 2.0)])
+def test_segmentation_lands_on_the_input_grid(tmp_path, target):
+  """Oblique, anisotropic, flipped input; output grid = input grid, voxels in place."""
+  data = phantom()
+  src = write_nifti(tmp_path / "case.nii.gz", data)
+  plan = _plan(target)
+  p = _threshold_predictor(plan)
+  cases, _, paths = predict.plan_cases(src, str(tmp_path / "out" / "seg.nii.gz"), plan)
+  predict.predict_cases(p, cases, paths, postprocess_mode="off", save_probabilities=True,
+                        progress=False, log=lambda *_: None)
+  out = nib.load(paths[0])
+  ref = nib.load(src)
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out.affine, ref.affine, atol=1e-6)
+  assert out.header.get_zooms() == ref.header.get_zooms()
+  assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 2
+  np.testing.assert_allclose(out.header.get_qform(), ref.header.get_qform(), atol=1e-6)
+  seg = np.asarray(out.dataobj)
+  assert seg.dtype == np.uint8
+  truth = np.zeros(data.shape, np.uint8)
+  truth[8:20, 6:18, 5:14] = 1
+  inter = np.sum((seg == 1) & (truth == 1))
+  dice = 2 * inter / (np.sum(seg == 1) + np.sum(truth == 1))
+  if target == (2.5, 1.7, 0.9):  # the input's own spacing: no resampling, exact
+    np.testing.assert_array_equal(seg, truth)
+  else:
+    assert dice > 0.85
+  assert not seg[:3].any() and not seg[:, -2:].any()  # outside the non-zero crop
+  probs = nib.load(inputs.probabilities_path(paths[0]))
+  assert probs.shape == ref.shape + (2,)
+  np.testing.assert_allclose(probs.affine, ref.affine, atol=1e-6)
+  pf = probs.get_fdata()
+  assert pf.min() >= 0 and pf.max() <= 1.0 + 1e-6
+  np.testing.assert_allclose(pf.sum(-1), 1.0, atol=2 / 255)
+
+
+def test_channel_files_and_4d_files_give_the_same_case(tmp_path):
+  data = phantom(channels=2)
+  folder = tmp_path / "in"
+  folder.mkdir()
+  write_nifti(folder / "b_0000.nii.gz", data[..., 0])
+  write_nifti(folder / "b_0001.nii.gz", data[..., 1])
+  write_nifti(folder / "a.nii.gz", data)
+  (folder / "dataset.json").write_text("{}")
+  found = inputs.discover(str(folder))
+  assert [c.case_id for c in found] == ["a", "b"]
+  assert [len(c.paths) for c in found] == [1, 2]
+  assert inputs.discover(str(folder / "b_0000.nii.gz")) == [found[1]]
+  plan = _plan((2.5, 1.7, 0.9), channels=("T2", "ADC"))
+  a, _ = inputs.load(found[0])
+  b, _ = inputs.load(found[1])
+  np.testing.assert_array_equal(a, b)
+  p = _threshold_predictor(plan)
+  cases, _, paths = predict.plan_cases(str(folder), str(tmp_path / "out"), plan)
+  predict.predict_cases(p, cases, paths, postprocess_mode="off", progress=False,
+                        log=lambda *_: None)
+  assert sorted(os.listdir(tmp_path / "out")) == ["a.nii.gz", "b.nii.gz"]
+  np.testing.assert_array_equal(np.asarray(nib.load(paths[0]).dataobj),
+                                np.asarray(nib.load(paths[1]).dataobj))
+
+
+# -- post-processing ---------------------------------------------------------------
+
+def test_largest_component_rule():
+  label = np.zeros((12, 12, 12), np.uint8)
+  label[2:7, 2:7, 2:7] = 1
+  noisy = label.copy()
+  noisy[9:11, 9:11, 9:11] = 1  # a false-positive island
+  assert not postprocess.keep_largest(noisy, [1])[9:, 9:, 9:].any()
+  assert postprocess.decide([noisy], [label], ["bg", "organ"])["organ"]["apply"]
+  two = label.copy()
+  two[9:11, 9:11, 9:11] = 1  # two true components: filtering would lose one
+  assert not postprocess.decide([two], [two], ["bg", "organ"])["organ"]["apply"]
+
+
+# -- with the trained smoke model --------------------------------------------------
+
+def test_training_stored_the_plans_and_they_match_the_dataset_metadata(smoke):
+  workdir, _ = smoke
+  stored = plans.read(workdir)
+  assert set(stored) == {"heart", "prostate"}
+  assert stored["prostate"].channel_names == ("T2", "ADC")
+  assert stored["prostate"].patch_size == (16, 16, 16)
+  config = config_utils.load_config(workdir)
+  specs = config_utils.resolve_domains(config)
+  other = str(os.path.join(os.path.dirname(workdir), "no_plans"))
+  os.makedirs(other, exist_ok=True)
+  assert plans.load(other, config, specs, log=lambda *_: None) == stored
+
+
+def test_predict_end_to_end_with_auto_postprocessing(smoke, tmp_path, monkeypatch):
+  workdir, _ = smoke
+  config = config_utils.load_config(workdir)
+  src = write_nifti(tmp_path / "scan.nii.gz", phantom(shape=(40, 30, 14), channels=2))
+  done = predict.run(config, workdir, domain="prostate", input_path=src,
+                     output=str(tmp_path / "out"), progress=True, log=lambda *_: None)
+  out = nib.load(done[0]["output"])
+  assert out.shape == (40, 30, 14)
+  np.testing.assert_allclose(out.affine, nib.load(src).affine, atol=1e-6)
+  assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
+  decisions = json.load(open(os.path.join(workdir, postprocess.DECISIONS_FILE)))
+  entry = decisions["prostate"]
+  assert entry["cases"] == 2 and set(entry["classes"]) == {"peripheral_zone", "transition_zone"}
+  # Decided once per checkpoint: a second run reads it back.
+  monkeypatch.setattr(predict, "decide_postprocessing",
+                      lambda *a, **k: pytest.fail("decision recomputed"))
+  predict.run(config, workdir, domain="prostate", input_path=src, output=str(tmp_path / "out2"),
+              progress=False, log=lambda *_: None)
+
+
+def test_large_volume_keeps_the_accumulator_one_window_deep(smoke, tmp_path):
+  """A volume 20 windows deep: the sums stay one window deep (P0·H·W·(K+1) floats)."""
+  workdir, _ = smoke
+  config = config_utils.load_config(workdir)
+  p = predict.from_workdir(config, workdir, "heart", log=lambda *_: None)
+  image = phantom(shape=(16, 16, 320))  # (i, j, k): 320 slices along D
+  image = np.transpose(image, (2, 1, 0))[..., None]
+  stats = {}
+  label, _ = predict.segment(image, p.plan.target_spacing, p, stats=stats)
+  assert label.shape == (320, 16, 16)
+  d, h, w = stats["model_grid"]
+  assert d == 320
+  assert stats["buffer_bytes"] == 16 * max(h, 16) * max(w, 16) * (2 + 1) * 4
+  assert stats["buffer_bytes"] * 10 < d * max(h, 16) * max(w, 16) * 3 * 4
+
+
+BAD = [
+    ("prostate", "heart.nii.gz", InputError, "1 channel(s), but domain 'prostate' expects 2"),
+    ("heart", "two.nii.gz", InputError, "2 channel(s), but domain 'heart' expects 1"),
+    ("liver", "heart.nii.gz", ConfigError, "Unknown domain 'liver'"),
+    ("heart", "notes.txt", InputError, "not a NIfTI image"),
+    ("heart", "slice2d.nii.gz", InputError, "2D data"),
+    ("heart", "slice.nii.gz", InputError, "a 2D image"),
+    ("heart", "broken.nii.gz", InputError, "not a readable NIfTI file"),
+    ("prostate", "c_0000.nii.gz", InputError, "channel file c_0001 is missing"),
+    ("heart", "missing.nii.gz", InputError, "no such file or folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+  d = tmp_path_factory.mktemp("bad")
+  write_nifti(d / "heart.nii.gz", phantom())
+  write_nifti(d / "two.nii.gz", phantom(channels=2))
+  nib.save(nib.Nifti1Image(np.ones((20, 20), np.float32), np.eye(4)), str(d / "slice2d.nii.gz"))
+  write_nifti(d / "slice.nii.gz", np.ones((20, 20, 1), np.float32))
+  write_nifti(d / "c_0000.nii.gz", phantom())
+  write_nifti(d / "c_0002.nii.gz", phantom())
+  (d / "notes.txt").write_text("not an image")
+  (d / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+  return d
+
+
+@pytest.mark.parametrize("domain,name,error,message", BAD)
+def test_bad_input_is_one_clear_error_and_writes_nothing(smoke, bad_inputs, tmp_path, domain,
+                                                         name, error, message):
+  workdir, _ = smoke
+  config = config_utils.load_config(workdir)
+  out = tmp_path / "out"
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+    predict.run(config, workdir, domain=domain, input_path=str(bad_inputs / name),
+                output=str(out), progress=False, log=lambda *_: None)
+  assert not out.exists()
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_cli_bad_input_exits_non_zero_without_traceback(smoke, bad_inputs, tmp_path):
+  workdir, _ = smoke
+  out = tmp_path / "out"
+  proc = smoke_workdir.cli("--mode=predict", f"--workdir={workdir}", "--domain=prostate",
+                           f"--input={bad_inputs / 'heart.nii.gz'}", f"--output={out}")
+  assert proc.returncode == 2
+  assert "error:" in proc.stderr and "expects 2 (T2, ADC)" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()
+
+
+def test_output_never_overwrites_the_input(bad_inputs):
+  plan = _plan((1.0, 1.0, 1.0))
+  src = str(bad_inputs / "heart.nii.gz")
+  with pytest.raises(InputError, match="would overwrite the input"):
+    predict.plan_cases(src, src, plan)
+  copy = bad_inputs / "copy"
+  copy.mkdir(exist_ok=True)
+  shutil.copy(src, copy / "heart.nii.gz")
+  with pytest.raises(InputError, match="would overwrite the input"):
+    predict.plan_cases(str(copy), str(copy), plan)
