@@ -110,6 +110,12 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   if m.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
   specs = resolve_domains(config)
+  ext = config.get("extend", None)
+  if ext is not None and split_names(ext.get("new_domains", "")) and not config.get(
+      "init_from", ""):
+    raise ConfigError(
+        f"extend.new_domains={ext.new_domains!r} adds domains to a trained run: pass "
+        "--config.init_from=<workdir of that run> (e.g. runs/five_domain).")
   if needs_data and config.data.source == "msd":
     manual = config.data.get("manual_dir", "")
     if not manual:

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from u2net_jax import checkpoint as ckpt_lib
-from u2net_jax import config_utils, evaluate, layers, logging_utils, losses, models, optim
+from u2net_jax import config_utils, evaluate, extend, layers, logging_utils, losses, models, optim
 from u2net_jax import plans
 from u2net_jax.data import augment, datasets, pipeline
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
@@ -115,8 +115,14 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
   counts = jnp.array([d.num_classes for d in model.domains])
   max_k = model.max_num_classes
   accum = int(tcfg.get("grad_accum", 1))
+  freeze_shared = bool(tcfg.get("freeze_shared", False))
 
   def loss_fn(params, image, label, domain):
+    if freeze_shared:
+      # No weight gradient for frozen shared weights: none computed, none
+      # counted in the clipping norm.
+      params = {"shared": jax.lax.stop_gradient(params["shared"]),
+                "domains": params["domains"]}
     logits = parts.merge(params)(image, domain)
     mask = jnp.arange(max_k) < counts[domain]
     return losses.segmentation_loss(logits, label, kind=tcfg.loss, class_mask=mask)
@@ -254,10 +260,36 @@ def build_train_state(config, specs, mesh):
   return model, parts, state, tx_shared, tx_domain
 
 
+def _load_base(config, specs):
+  """(extend.Plan, base params on the host, base step) for `config.init_from`."""
+  base_dir = config.init_from
+  if not os.path.isdir(base_dir):
+    raise ConfigError(f"init_from={base_dir!r} is not a folder (a workdir of a trained run).")
+  base_config = config_utils.load_config(base_dir)
+  base_specs = config_utils.resolve_domains(base_config)
+  plan = extend.make_plan(config, specs, base_config, base_specs)
+  _, _, base_params, _, step = restore_params(base_config, base_dir)
+  return plan, jax.device_get(base_params), step
+
+
+def _with_overrides(config, train_overrides: dict):
+  if not train_overrides:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for k, v in train_overrides.items():
+      config.train[k] = v
+  return config
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary."""
   maybe_initialize_distributed(config)
   specs = config_utils.validate(config, needs_data=True)
+  plan = base_params = None
+  if config.get("init_from", ""):
+    plan, base_params, base_step = _load_base(config, specs)
+    config = _with_overrides(config, extend.training_overrides(plan, specs))
   _enable_compilation_cache(workdir)
   tcfg = config.train
   mesh = make_mesh(int(tcfg.get("num_devices", 0)))
@@ -289,6 +321,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     plateau_scale = float(meta.get("plateau_scale", 1.0))
     best = float(meta.get("best_mean_dice", -1.0))
     log(f"resumed from {ckpts.directory} step {start}")
+  elif plan is not None:
+    params = extend.init_params(plan, jax.device_get(state["params"]), base_params)
+    state["params"] = jax.device_put(params, replicated)
+    log(f"initialized from {plan.base_workdir} (step {base_step}): " + ", ".join(
+        f"{n} ← {s}" for n, s in plan.sources.items())
+        + (f"; new: {', '.join(plan.new_domains)}" if plan.new_domains else "")
+        + ("; training only the new domains (shared and old domains frozen)"
+           if plan.train == "new" else ""))
 
   # -- input ------------------------------------------------------------------
   t_data = time.time()
@@ -360,6 +400,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # -- loop -------------------------------------------------------------------
   saved = set()
+  recent = {}
   train_seconds = 0.0
   step = start
   voxels = batch * int(np.prod(patch))
@@ -388,13 +429,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
       dt = time.time() - t_step
       train_seconds += time.time() - t_last
       t_last = time.time()
+      recent.setdefault(parts.names[int(host_batch["domain"])], []).append(out["loss"])
       if step % int(tcfg.log_every) == 0 or step == total:
-        loss = float(out["loss"])
+        # Mean loss per domain since the last line (one step's loss is noise).
+        per_domain = {n: float(np.mean([float(v) for v in vs])) for n, vs in recent.items()}
+        recent.clear()
+        loss = float(np.mean(list(per_domain.values())))
         rate = voxels / max(dt, 1e-9)
         remaining = (total - step) * train_seconds / max(step - start, 1)
-        log(f"step {step}/{total} {parts.names[int(host_batch['domain'])]:<12} loss {loss:.4f} "
-            f"{dt:.2f} s/step {rate / 1e3:.0f}k vox/s ETA {logging_utils.eta(remaining)}")
-        log_.scalars(step, {"loss": loss, "grad_norm": float(out["grad_norm"]),
+        log(f"step {step}/{total} loss {loss:.4f} ("
+            + " ".join(f"{n[:5]} {v:.3f}" for n, v in per_domain.items())
+            + f") {dt:.2f} s/step {rate / 1e3:.0f}k vox/s ETA {logging_utils.eta(remaining)}")
+        log_.scalars(step, {"loss": loss, **{f"loss/{n}": v for n, v in per_domain.items()},
+                            "grad_norm": float(out["grad_norm"]),
                             "lr": lr_s, "step_seconds": dt, "voxels_per_second": rate})
       if int(tcfg.checkpoint_every) and step % int(tcfg.checkpoint_every) == 0 and step < total:
         save(step)
@@ -431,11 +478,58 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpts.save_best(step, state, save(step, force=True), md)
   ckpts.wait()
   ckpts.close()
+  if plan is not None:
+    summary["extension"] = extension_report(config, workdir, plan, base_step, summary, counts,
+                                            log)
   if jax.process_index() == 0:
     write_summary(workdir, summary, results)
     print_table(summary, log)
   log_.close()
   return summary
+
+
+def independent_config(config):
+  """The same run as an independent model on the new domains only, from scratch."""
+  plan_new = config_utils.split_names(config.extend.new_domains)
+  sub = config.copy_and_resolve_references()
+  with sub.unlocked():
+    sub.init_from = ""
+    sub.extend.new_domains = ""
+    sub.extend.compare_independent = False
+    sub.model.mode = "independent"
+    sub.data.tasks = ",".join(plan_new)
+    sub.train.freeze_shared = False
+    sub.train.frozen_domains = ""
+    sub.train.domain_weights = ""
+  return sub
+
+
+def extension_report(config, workdir, plan, base_step, summary, counts, log) -> dict:
+  """New-domain Dice, parameters added, and (optionally) an independent model's Dice."""
+  specs = config_utils.resolve_domains(config)
+  new = list(plan.new_domains)
+  one_independent = {}
+  for spec in specs:
+    if spec.name in new:
+      one = models.build_model([spec], {**config.model.to_dict(), "mode": "independent"})
+      one_independent[spec.name] = models.param_counts(one)["total"]
+  report = {
+      "init_from": os.path.abspath(plan.base_workdir), "base_step": int(base_step),
+      "sources": dict(plan.sources), "trained": plan.train, "new_domains": {}}
+  for n in new:
+    added = counts["per_domain"][n]
+    report["new_domains"][n] = {
+        "mean_dice": summary["domains"][n]["mean_dice"],
+        "params_added": added,
+        "params_added_pct_of_independent": 100.0 * added / one_independent[n],
+        "independent_model_params": one_independent[n]}
+  if new and config.get("extend", {}).get("compare_independent", False):
+    sub_dir = os.path.join(workdir, "independent_" + "_".join(new))
+    log(f"training an independent model on {', '.join(new)} with the same budget in {sub_dir}")
+    sub = train_and_evaluate(independent_config(config), sub_dir)
+    for n in new:
+      report["new_domains"][n]["independent_mean_dice"] = sub["domains"][n]["mean_dice"]
+  return report
 
 
 def make_summary(step, mode, results, dataset_meta, counts, train_seconds) -> dict:
