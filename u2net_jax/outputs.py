@@ -42,9 +42,16 @@ def save_label(path: str, label: np.ndarray, meta: nifti.NiftiMeta) -> None:
     nifti.save_label(tmp, label, meta)
 
 
-def quantize(probabilities: np.ndarray) -> np.ndarray:
-  """Float probabilities in [0, 1] -> uint8 (value = round(p · 255))."""
-  return np.clip(np.rint(np.asarray(probabilities, np.float32) * 255), 0, 255).astype(np.uint8)
+def quantize(probabilities: np.ndarray, inplace: bool = False) -> np.ndarray:
+  """Float probabilities in [0, 1] -> uint8 (value = round(p · 255)).
+
+  `inplace`: scale a float32 input in place (no float temporaries).
+  """
+  p = probabilities if inplace else np.array(probabilities, np.float32)
+  p *= 255
+  np.rint(p, out=p)
+  np.clip(p, 0, 255, out=p)
+  return p.astype(np.uint8)
 
 
 def save_probabilities(path: str, probs_u8: np.ndarray, meta: nifti.NiftiMeta) -> None:

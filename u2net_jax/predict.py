@@ -87,9 +87,47 @@ def invert_probabilities(probs: np.ndarray, crop_box, original_shape) -> np.ndar
   out[..., 0] = 255
   sl = tuple(slice(int(a), int(b)) for a, b in box)
   for c in range(k):
-    r = preprocess.resize(probs[..., c:c + 1].astype(np.float32), box_shape, order=1)
-    out[sl + (c,)] = outputs.quantize(r[..., 0])
+    # One channel at a time, straight into the output: no (D, H, W, K) float copy.
+    r = preprocess._resize_volume(probs[..., c].astype(np.float32), box_shape, order=1)  # pylint: disable=protected-access
+    out[sl + (c,)] = outputs.quantize(r, inplace=True)
   return out
+
+
+def prepare(image: np.ndarray, spacing, plan: DomainPlan) -> dict:
+  """The training preprocessing of one raw scan (`preprocess.preprocess_case`).
+
+  Args:
+    image: (D, H, W, C) float32 raw intensities (HU for CT).
+    spacing: mm (z, y, x) of `image`.
+    plan: the domain's plan.
+  Returns:
+    `preprocess_case`'s dict: image on the model's grid, crop box, source
+    shape and spacing.
+  """
+  if image.ndim != 4 or image.shape[-1] != plan.in_channels:
+    raise InputError(f"image of shape {image.shape}: domain {plan.name!r} expects "
+                     f"(D, H, W, {plan.in_channels}).")
+  return preprocess.preprocess_case(image, spacing, plan.modality, plan.target_spacing,
+                                    stats=plan.ct_stats, scheme=plan.normalization)
+
+
+def segment_prepared(pre: dict, predictor: Predictor, *, lcc_classes=(),
+                     keep_probabilities: bool = False, progress=None,
+                     stats: dict | None = None):
+  """`segment` from `prepare`'s output (which it consumes: its image is dropped)."""
+  plan = predictor.plan
+  if stats is not None:
+    stats["model_grid"] = tuple(int(s) for s in pre["image"].shape[:3])
+  labels, probs = predictor.predict_volume(pre.pop("image"), keep_probabilities=keep_probabilities,
+                                           progress=progress, stats=stats)
+  if len(lcc_classes):
+    labels = postprocess.keep_largest(labels, lcc_classes)
+  out = preprocess.invert_label(labels, pre["crop_box"], pre["original_shape"],
+                                pre["original_spacing"], plan.target_spacing, plan.num_classes)
+  del labels
+  if probs is not None:
+    probs = invert_probabilities(probs, pre["crop_box"], pre["original_shape"])
+  return out, probs
 
 
 def segment(image: np.ndarray, spacing, predictor: Predictor, *, lcc_classes=(),
@@ -108,24 +146,9 @@ def segment(image: np.ndarray, spacing, predictor: Predictor, *, lcc_classes=(),
   Returns:
     (labels uint8 (D, H, W), probabilities uint8 (D, H, W, K) quantized or None).
   """
-  plan = predictor.plan
-  if image.ndim != 4 or image.shape[-1] != plan.in_channels:
-    raise InputError(f"image of shape {image.shape}: domain {plan.name!r} expects "
-                     f"(D, H, W, {plan.in_channels}).")
-  pre = preprocess.preprocess_case(image, spacing, plan.modality, plan.target_spacing,
-                                   stats=plan.ct_stats, scheme=plan.normalization)
-  if stats is not None:
-    stats["model_grid"] = tuple(int(s) for s in pre["image"].shape[:3])
-  labels, probs = predictor.predict_volume(pre.pop("image"), keep_probabilities=keep_probabilities,
-                                           progress=progress, stats=stats)
-  if len(lcc_classes):
-    labels = postprocess.keep_largest(labels, lcc_classes)
-  out = preprocess.invert_label(labels, pre["crop_box"], pre["original_shape"],
-                                pre["original_spacing"], plan.target_spacing, plan.num_classes)
-  del labels
-  if probs is not None:
-    probs = invert_probabilities(probs, pre["crop_box"], pre["original_shape"])
-  return out, probs
+  return segment_prepared(prepare(image, spacing, predictor.plan), predictor,
+                          lcc_classes=lcc_classes, keep_probabilities=keep_probabilities,
+                          progress=progress, stats=stats)
 
 
 # ----------------------------------------------------------------------------
@@ -272,9 +295,11 @@ def predict_cases(predictor: Predictor, cases, label_paths, *, postprocess_mode:
         inner.refresh()
 
     stats = {}
-    label, probs = segment(image, meta.spacing, predictor, lcc_classes=classes,
-                           keep_probabilities=save_probabilities, progress=tick, stats=stats)
-    del image
+    pre = prepare(image, meta.spacing, predictor.plan)
+    del image  # the raw scan is not needed past preprocessing
+    label, probs = segment_prepared(pre, predictor, lcc_classes=classes,
+                                    keep_probabilities=save_probabilities, progress=tick,
+                                    stats=stats)
     if inner is not None:
       inner.close()
     outputs.save_label(path, label, meta)
