@@ -10,6 +10,7 @@ import logging
 import sys
 
 from absl import app
+from absl import logging as absl_logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -47,6 +48,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # "Unable to initialize backend 'tpu'" on every CPU run is noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  if not FLAGS["verbosity"].present:
+    # Orbax and TFDS log every save/load at INFO (and TFDS warns about each
+    # custom dataset config): keep the console to our own progress lines;
+    # --verbosity=0 brings them back.
+    absl_logging.set_verbosity(absl_logging.ERROR)
   # Imported here so `--help` stays fast.
   from u2net_jax import config_utils, param_table, train  # pylint: disable=g-import-not-at-top
   from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top
