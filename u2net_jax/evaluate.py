@@ -10,17 +10,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from u2net_jax import inference, metrics
+from u2net_jax import metrics, stream
 from u2net_jax.domains import DomainSpec
 
 
 def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_cfg,
                    channels: int | None = None, progress=None) -> np.ndarray:
-  """(D, H, W, K) probabilities of one volume."""
-  return inference.sliding_window(
+  """(D, H, W) uint8 arg-max labels of one volume (bounded-memory sliding window)."""
+  labels, _ = stream.predict_labels(
       image, predict_fn, patch, spec.num_classes, overlap=float(eval_cfg.overlap),
       batch_size=int(eval_cfg.window_batch), mirror=bool(eval_cfg.mirror), channels=channels,
       progress=progress)
+  return labels
 
 
 def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: DomainSpec, patch,
@@ -31,8 +32,7 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
   dices, hds, sds, per_case = [], [], [], []
   tol = float(eval_cfg.get("surface_tolerance_mm", 2.0))
   for ex in examples:
-    probs = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels)
-    pred = np.argmax(probs, axis=-1).astype(np.uint8)
+    pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels)
     label = np.asarray(ex["label"])
     spacing = tuple(float(s) for s in ex["spacing"])
     d = metrics.dice(pred, label, k)

@@ -6,6 +6,10 @@ borders count less) and averaged. Windows are evaluated in fixed-size batches
 (the last batch is padded, so one compiled program serves every volume).
 Optional test-time mirroring averages the predictions over the 8 flips.
 
+`sliding_window` here accumulates the whole volume at once: it is the plain
+reference. Evaluation, predict and export use `stream.py`, the same windows
+and weights in a buffer one window deep (bounded memory; tested equal).
+
 Shapes: image (D, H, W, C) float32 → probabilities (D, H, W, K) float32.
 """
 
