@@ -268,7 +268,7 @@ def _load_base(config, specs):
   base_config = config_utils.load_config(base_dir)
   base_specs = config_utils.resolve_domains(base_config)
   plan = extend.make_plan(config, specs, base_config, base_specs)
-  _, _, base_params, _, step = restore_params(base_config, base_dir)
+  _, _, base_params, _, step = restore_params(base_config, base_dir, needs_data=False)
   return plan, jax.device_get(base_params), step
 
 
