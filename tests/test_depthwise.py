@@ -56,8 +56,8 @@ def test_identity_kernel_is_identity():
   np.testing.assert_allclose(depthwise.depthwise_conv3d(x, w, 1, "shift"), x, atol=0)
 
 
-def test_auto_picks_shift_on_cpu_and_lax_elsewhere():
-  assert depthwise.resolve_impl("auto", "cpu") == "shift"
+def test_auto_picks_fused_on_cpu_and_lax_elsewhere():
+  assert depthwise.resolve_impl("auto", "cpu") == "fused"
   assert depthwise.resolve_impl("auto", "gpu") == "lax"
   assert depthwise.resolve_impl("auto", "tpu") == "lax"
   assert depthwise.resolve_impl("lax", "cpu") == "lax"

@@ -3,9 +3,12 @@
 XLA's grouped convolution (`feature_group_count=C`) is pathologically slow on
 CPU (measured on a 2-core EPYC, 2×48³×32 fp32: 1363 ms forward, 3227 ms
 forward+backward), while the same operation written as k³ shifted
-multiply-adds is fused by XLA into one loop nest (10 ms / 310 ms). Both give
-the same numbers up to float rounding; tests compare them in forward and
-gradients, stride 1 and 2.
+multiply-adds is fused by XLA into one loop nest (10 ms / 310 ms). Autodiff of
+those shifts is in turn slow on CPU (k³ padded full-size cotangents, k³
+reductions to a few values), so 'fused' keeps the forward and gives it a
+custom backward (see `depthwise_conv3d_fused`). All give the same numbers up
+to float rounding; tests compare them with 'lax' in forward and gradients,
+stride 1 and 2, odd sizes.
 
 Layout: x `(B, D, H, W, C)`, kernel `(k, k, k, C)`, 'SAME' padding as in
 TensorFlow/XLA (for stride 2 and even sizes: zero padding only at the end,
@@ -43,9 +46,10 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
   if impl != "auto":
     return impl
   backend = backend or jax.default_backend()
-  # CPU: grouped conv is 100× slower than the fused shifts. GPU/TPU have
-  # native depthwise kernels behind the grouped conv.
-  return "shift" if backend == "cpu" else "lax"
+  # CPU: grouped conv is 100× slower than shifted multiply-adds, and 'fused'
+  # (their custom backward) trains 2× faster than 'shift' (BENCHMARKS.md).
+  # GPU/TPU have native depthwise kernels behind the grouped conv.
+  return "fused" if backend == "cpu" else "lax"
 
 
 def _check(x, kernel, stride):
@@ -318,8 +322,9 @@ def depthwise_conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     x: (B, D, H, W, C).
     kernel: (k, k, k, C), one k³ filter per channel.
     stride: 1 or 2 (same on all axes).
-    impl: 'lax' (grouped conv), 'shift' (fused shifted multiply-adds) or
-      'auto' (fastest for the default backend).
+    impl: 'lax' (grouped conv), 'shift' (fused shifted multiply-adds),
+      'fused' (the same forward with a CPU-friendly custom backward) or 'auto'
+      (fastest for the default backend: 'fused' on CPU, 'lax' elsewhere).
   Returns:
     (B, ceil(D/s), ceil(H/s), ceil(W/s), C).
   """
