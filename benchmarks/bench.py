@@ -293,7 +293,7 @@ def reexec_with_hugepages() -> None:
     return
   env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{HUGEPAGES}" if tunables else HUGEPAGES)
   sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+  os.execve(sys.executable, [sys.executable, os.path.abspath(sys.argv[0])] + sys.argv[1:], env)
 
 
 def main(argv=None) -> dict:

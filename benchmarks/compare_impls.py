@@ -2,6 +2,10 @@ r"""Train steps (and forwards) of several depthwise impls, interleaved in one pr
 
 Usage:
   python benchmarks/compare_impls.py --preset=cpu --impls=shift,fused [--rounds=5]
+  python benchmarks/compare_impls.py --impls=fused/autodiff_norm,fused
+
+An impl 'NAME/autodiff_norm' builds NAME with InstanceNorm differentiated by
+autodiff instead of by its hand-written backward.
 
 On a shared machine, absolute times drift with the load of other processes;
 alternating the implementations step by step in one process exposes them to
@@ -29,6 +33,16 @@ import numpy as np
 
 import bench  # pylint: disable=g-import-not-at-top
 from u2net_jax import train
+
+
+def _autodiff_norm(x, scale, bias, eps=1e-5, act=False):
+  """InstanceNorm (+ LeakyReLU) as plain jax.numpy, differentiated by autodiff."""
+  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 3), keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  return (layers.leaky_relu(y) if act else y).astype(x.dtype)
 
 
 def build(preset: str, impl: str):
@@ -69,11 +83,21 @@ def main():
   ap.add_argument("--preset", default="cpu", choices=sorted(bench.PRESETS))
   ap.add_argument("--impls", default="shift,fused")
   ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--no_hugepages", action="store_true")
   args = ap.parse_args()
+  if not args.no_hugepages:
+    bench.reexec_with_hugepages()
   impls = args.impls.split(",")
   built = {}
+  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  fast_norm = layers.instance_norm
   for impl in impls:
-    built[impl] = build(args.preset, impl)
+    # 'IMPL/autodiff_norm': the same with InstanceNorm differentiated by
+    # autodiff instead of its hand-written backward (what it replaced).
+    name, _, variant = impl.partition("/")
+    layers.instance_norm = _autodiff_norm if variant == "autodiff_norm" else fast_norm
+    built[impl] = build(args.preset, name)
+    layers.instance_norm = fast_norm
     print(f"{impl}: compiled in {built[impl][0]:.1f} s", flush=True)
     jax.block_until_ready(built[impl][1](0))
     jax.block_until_ready(built[impl][2](0))
@@ -88,7 +112,7 @@ def main():
   for impl in impls:
     tr = statistics.median(times[(impl, "train")])
     inf = statistics.median(times[(impl, "infer")])
-    print(f"{impl:<10} compile {built[impl][0]:6.1f} s  train {tr:7.3f} s "
+    print(f"{impl:<20} compile {built[impl][0]:6.1f} s  train {tr:7.3f} s "
           f"({base['train'] / tr:4.2f}x)  infer {inf:7.3f} s ({base['infer'] / inf:4.2f}x)  "
           f"train all {[round(t, 2) for t in times[(impl, 'train')]]}", flush=True)
   print(f"load average {os.getloadavg()}")

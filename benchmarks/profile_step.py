@@ -91,7 +91,10 @@ def main():
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--top", type=int, default=40)
   ap.add_argument("--hlo", default="")
+  ap.add_argument("--no_hugepages", action="store_true")
   args = ap.parse_args()
+  if not args.no_hugepages:
+    bench.reexec_with_hugepages()
 
   p = bench.PRESETS[args.preset]
   config = bench.make_config(args.preset, args.impl)

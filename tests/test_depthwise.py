@@ -174,3 +174,33 @@ def test_fused_model_equals_lax_model_loss_and_gradients():
   np.testing.assert_allclose(l_fast, l_ref, rtol=1e-5)
   for r, g in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fast)):
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * max(1.0, float(jnp.abs(r).max())))
+
+
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_instance_norm_custom_vjp_equals_autodiff(act, dtype):
+  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+
+  def plain(x, s, b):
+    xf = x.astype(jnp.float32)
+    m = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
+    v = jnp.mean(jnp.square(xf - m), axis=(1, 2, 3), keepdims=True)
+    y = (xf - m) * jax.lax.rsqrt(v + 1e-5) * s + b
+    return (layers.leaky_relu(y) if act else y).astype(x.dtype)
+
+  x = (jax.random.normal(jax.random.key(14), (2, 5, 4, 6, 3)) * 3 + 1).astype(dtype)
+  s = jax.random.normal(jax.random.key(15), (3,))
+  b = jax.random.normal(jax.random.key(16), (3,))
+  cot = jax.random.normal(jax.random.key(17), x.shape)
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(layers.instance_norm(x, s, b, 1e-5, act).astype(jnp.float32),
+                             plain(x, s, b).astype(jnp.float32), **tol)
+  loss = lambda f: (lambda x, s, b: jnp.sum(f(x, s, b).astype(jnp.float32) * cot))
+  ref = jax.grad(loss(plain), argnums=(0, 1, 2))(x, s, b)
+  got = jax.jit(jax.grad(loss(lambda x, s, b: layers.instance_norm(x, s, b, 1e-5, act)),
+                         argnums=(0, 1, 2)))(x, s, b)
+  for r, g in zip(ref, got):
+    assert g.dtype == r.dtype
+    np.testing.assert_allclose(g.astype(jnp.float32), r.astype(jnp.float32),
+                               rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(jnp.abs(
+                                   r.astype(jnp.float32)).max())))
