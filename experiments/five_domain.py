@@ -50,10 +50,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"    # or bfloat16 (float32 master weights)
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1500
+  c.train.steps = 2000
   c.train.batch_size = 2               # global, one domain per step
   c.train.num_devices = 0              # 0 = every device of every process
-  c.train.lr = 3e-3                    # shared weights
+  # Adam 1e-2 with poly decay: at 3e-3 this 2000-step budget underfits
+  # (mean Dice 0.53 vs 0.78 at 1e-2, 1500 steps; README).
+  c.train.lr = 1e-2                    # shared weights
   c.train.lr_domain = 0.0              # per-domain weights (0 = same as lr)
   c.train.weight_decay = 5e-5
   c.train.weight_decay_domain = -1.0   # < 0: same as weight_decay
@@ -62,8 +64,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.train.warmup_steps = 50
   c.train.grad_clip = 5.0
   c.train.grad_accum = 1
-  c.train.loss = "lovasz_focal"        # the official code's Lovász-Softmax + focal
-  c.train.fg_fraction = 1 / 3          # patches centred on foreground (nnU-Net)
+  c.train.loss = "dice_ce"             # msd: the official code's Lovász-Softmax + focal
+  c.train.fg_fraction = 0.5            # patches centred on foreground (nnU-Net: 1/3)
   c.train.domain_weights = ""          # '' = round-robin; else e.g. '1,1,2,1,1'
   c.train.freeze_shared = False
   c.train.frozen_domains = ""
@@ -81,8 +83,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.max_cases = 0                 # 0 = all validation cases
   c.eval.surface_tolerance_mm = 2.0
 
+  # Off for the short synthetic run (it learns faster without); on for msd.
   c.augment = ml_collections.ConfigDict(dict(
-      enabled=True, p_flip=0.5, p_rotate=0.2, max_angle_deg=15.0, p_scale=0.2,
+      enabled=False, p_flip=0.5, p_rotate=0.2, max_angle_deg=15.0, p_scale=0.2,
       scale_range=(0.85, 1.25), p_elastic=0.0, p_gamma=0.3, p_brightness=0.15,
       p_contrast=0.15, p_noise=0.1))
 
@@ -101,6 +104,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.compute_dtype = "bfloat16"
     c.train.steps = 250_000
     c.train.lr = 3e-4
+    c.train.loss = "lovasz_focal"
+    c.train.fg_fraction = 1 / 3
+    c.augment.enabled = True
     c.train.weight_decay = 5e-4
     c.train.weight_decay_mode = "l2"
     c.train.schedule = "plateau"
@@ -120,6 +126,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # Grouped conv compiles 2× faster than the fused 'shift' depthwise (which
     # wins at real sizes); tests compare the two directly.
     c.model.depthwise_impl = "lax"
+    c.augment.enabled = True  # end-to-end tests exercise the augmentation path
     c.train.steps = 6
     c.train.batch_size = 8
     c.train.warmup_steps = 0
