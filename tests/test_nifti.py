@@ -193,6 +193,13 @@ def _bad_negative_spacing(tmp_path):
   return path
 
 
+def _bad_infinite_vox_offset(tmp_path):
+  """Found by tests/test_fuzz_nifti.py: nibabel raised OverflowError."""
+  path = _valid_nii(tmp_path, "offset.nii")
+  _patch(path, 108, "f", float("inf"))
+  return path
+
+
 @pytest.mark.parametrize("make, match", [
     (_bad_not_nifti, "not a readable NIfTI"),
     (_bad_wrong_extension, "not a NIfTI file"),
@@ -206,6 +213,7 @@ def _bad_negative_spacing(tmp_path):
     (_bad_nan, "2 NaN/inf voxels"),
     (_bad_zero_spacing, "spacing"),
     (_bad_negative_spacing, "spacing"),
+    (_bad_infinite_vox_offset, "not a readable NIfTI"),
 ])
 def test_bad_files_raise_input_error_naming_the_file(tmp_path, make, match):
   path = make(tmp_path)
@@ -219,6 +227,32 @@ def test_absurd_header_is_rejected_before_reading_data(tmp_path, monkeypatch):
   monkeypatch.setattr(nifti, "_read_data", lambda *a: pytest.fail("read voxel data"))
   with pytest.raises(InputError, match="limit"):
     nifti.load_image(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_header_claiming_more_voxels_than_the_file_holds_is_refused_before_reading(
+    tmp_path, monkeypatch, gz):
+  """2048 x 1024 x 1000 float32 (8 GB) claimed by a 1 kB file: no allocation, one message."""
+  blob = bytearray(nib.Nifti1Image(np.ones((6, 5, 4), np.float32), AFFINE).to_bytes())
+  blob[_DIM_OFFSET:_DIM_OFFSET + 16] = struct.pack("<8h", 3, 2048, 1024, 1000, 1, 1, 1, 1)
+  path = tmp_path / ("claims.nii.gz" if gz else "claims.nii")
+  path.write_bytes(gzip.compress(bytes(blob)) if gz else bytes(blob))
+  from nibabel import arrayproxy  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(arrayproxy.ArrayProxy, "_get_scaled",
+                      lambda *a, **k: pytest.fail("read voxel data"))
+  with pytest.raises(InputError, match=r"claims.nii.* header claims shape \(2048, 1024, 1000\) "
+                     r"\(8388608000 bytes of voxel data\) but the file holds 480"):
+    nifti.load_image(str(path))
+
+
+def test_multi_member_gzip_still_loads(tmp_path):
+  """The gzip trailer then does not give the total size: the stream is counted instead."""
+  data = np.random.default_rng(1).normal(size=NII_SHAPE).astype(np.float32)
+  blob = nib.Nifti1Image(data, AFFINE).to_bytes()
+  path = tmp_path / "members.nii.gz"
+  path.write_bytes(gzip.compress(blob[:1000]) + gzip.compress(blob[1000:]))
+  image, _ = nifti.load_image(str(path))
+  np.testing.assert_array_equal(image[..., 0], data.transpose(2, 1, 0))
 
 
 def test_load_label_rejects_non_integer_values(tmp_path):

@@ -18,6 +18,7 @@ as in MSD) or nnU-Net-style channel files `case_0000.nii.gz`, `case_0001...`
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import struct
 import zlib
@@ -36,7 +37,7 @@ MAX_VOXELS = 2**31
 AFFINE_ATOL = 1e-3
 
 # Errors nibabel/gzip/zlib raise on corrupt, truncated or foreign files.
-_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, TypeError, struct.error,
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, TypeError, OverflowError, struct.error,
                 nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError)
 
 
@@ -138,11 +139,61 @@ def _open(path: str):
   return img, shape
 
 
+def _stored_bytes(path: str, need: int) -> int:
+  """Bytes `path` holds once decompressed, counting no further than `need`.
+
+  Memory stays small: a .nii.gz is checked by its gzip trailer (the
+  uncompressed size mod 2**32) or, if that does not match, streamed.
+  """
+  if not path.endswith(".gz"):
+    return os.path.getsize(path)
+  if os.path.getsize(path) >= 18:  # gzip header + trailer
+    with open(path, "rb") as f:
+      f.seek(-4, os.SEEK_END)
+      if struct.unpack("<I", f.read(4))[0] == need % 2**32:
+        return need
+  total = 0
+  with gzip.open(path, "rb") as f:
+    while total < need:
+      chunk = f.read(min(1 << 24, need - total))
+      if not chunk:
+        break
+      total += len(chunk)
+  return total
+
+
+def _check_stored_size(img, path: str) -> None:
+  """InputError if the file holds fewer voxel bytes than its header claims.
+
+  Checked before reading: a corrupt header on a small file must not make us
+  allocate the gigabytes it claims.
+  """
+  proxy = img.dataobj
+  offset, dtype = getattr(proxy, "offset", None), getattr(proxy, "dtype", None)
+  if offset is None or dtype is None:
+    return
+  data_bytes = int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+  have = _stored_bytes(path, int(offset) + data_bytes)
+  if have < int(offset) + data_bytes:
+    raise InputError(
+        f"{path}: header claims shape {tuple(proxy.shape)} ({data_bytes} bytes of voxel "
+        f"data) but the file holds {max(have - int(offset), 0)}: truncated file or corrupt "
+        "header.")
+
+
 def _read_data(img, path: str, dtype=None) -> np.ndarray:
   """All voxels, (i, j, k[, c]), scaled as the header says; checked finite.
 
   dtype float32 scales straight into float32 (no float64 copy of a big CT).
   """
+  try:
+    _check_stored_size(img, path)
+  except InputError:
+    raise
+  except _READ_ERRORS as e:
+    raise InputError(
+        f"{path}: could not read voxel data, truncated or corrupt file? "
+        f"({type(e).__name__}: {e})") from e
   try:
     if dtype is not None and hasattr(img.dataobj, "get_scaled"):
       data = img.dataobj.get_scaled(dtype=dtype)
@@ -192,7 +243,8 @@ def load_image(path: str) -> tuple[np.ndarray, NiftiMeta]:
   data = _read_data(img, path, np.float32)
   if data.ndim == 3:
     data = data[..., None]
-  image = np.ascontiguousarray(from_nifti_order(data), dtype=np.float32)
+  with np.errstate(over="ignore"):  # reported below
+    image = np.ascontiguousarray(from_nifti_order(data), dtype=np.float32)
   if not np.all(np.isfinite(image)):  # e.g. scl_slope overflowing float32.
     raise InputError(f"{path}: voxel values overflow float32.")
   return image, _meta(img, path, shape, image.shape[-1])
