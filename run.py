@@ -43,6 +43,33 @@ def _config_and_preset():
   return FLAGS.config, path, preset
 
 
+def _command_line_error(e: Exception) -> str:
+  """One line for a flag that does not parse: a bad value, field or config file."""
+  arg = e.args[0] if e.args else e
+  while isinstance(arg, KeyError) and arg.args:  # AttributeError(KeyError(text))
+    arg = arg.args[0]
+  lines = [l.strip() for l in str(arg).splitlines() if l.strip()]
+  if isinstance(e, (AttributeError, KeyError)):  # --config.a.b=v names no such field
+    return "a --config.* override names no such config field: " + " ".join(lines)
+  if isinstance(e, OSError):  # the --config file does not load
+    return f"could not load the --config file: {lines[-1] if lines else e}"
+  if len(lines) > 1:  # the config file raised: keep the flag and the exception
+    return f"{lines[0]} {lines[-1]}"
+  return lines[0] if lines else type(e).__name__
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; any error is one line on stderr and exit code 2, no traceback."""
+  try:
+    argv = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get("seed")  # A config file that failed to load raises only when used.
+    return argv
+  except Exception as e:  # pylint: disable=broad-except — flags.Error and what config files raise
+    print(f"error: {_command_line_error(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -87,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -61,6 +61,9 @@ def test_overrides_and_default_workdir(tmp_path):
     ("--config.data.tasks=heart,kidney", "Unknown domain 'kidney'"),
     ("--config.data.patch_size=(48,44,48)", "not divisible by 8"),
     ("--config.model.mode=unet", "model.mode 'unet'"),
+    # Rejected while parsing the command line (run.py's flags_parser).
+    ("--config.train.steps=abc", "flag --config.train.steps=abc: invalid literal for int()"),
+    ("--config.train.stepz=1", "no such config field: 'stepz' Did you mean \"steps\""),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, override, message):
   proc = _run("--config=experiments/five_domain.py", "--mode=params", override,
@@ -69,3 +72,10 @@ def test_bad_config_is_one_clear_line(tmp_path, override, message):
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "params.json").exists()
+
+
+def test_missing_config_file_is_one_clear_line(tmp_path):
+  proc = _run("--config=experiments/nope.py", "--mode=params", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("error: could not load the --config file: [Errno 2] No such "
+                                 "file or directory: 'experiments/nope.py'")
