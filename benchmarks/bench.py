@@ -23,8 +23,8 @@ forward pass (logits) of the same batch. Each reported time is the median of
 voxels / median time. `flops_per_step` is XLA's cost analysis of the compiled
 train step; `achieved_gflops` = flops_per_step / train_step_s. `compile_s` is
 tracing + lowering + compiling the train step (no persistent cache).
-The script restarts itself with glibc's malloc using transparent huge pages
-(see `reexec_with_hugepages`; `--no_hugepages` to measure without).
+With `--hugepages` the script restarts itself with glibc's malloc using
+transparent huge pages (see `reexec_with_hugepages`).
 """
 
 from __future__ import annotations
@@ -286,7 +286,8 @@ def reexec_with_hugepages() -> None:
   the kernel on first touch). With `glibc.malloc.hugetlb=1` (glibc ≥ 2.35,
   transparent huge pages in 'madvise' or 'always' mode) those buffers come in
   2 MiB pages: ~200× fewer faults. glibc reads tunables only at start-up,
-  hence the re-exec; `--no_hugepages` measures without.
+  hence the re-exec (with `--hugepages`; by default the environment is used
+  as it is, as in a training run).
   """
   tunables = os.environ.get("GLIBC_TUNABLES", "")
   if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
@@ -304,10 +305,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
   ap.add_argument("--no_window", action="store_true", help="skip the sliding-window benchmark")
   ap.add_argument("--out", default="", help="also write the JSON object to this file")
-  ap.add_argument("--no_hugepages", action="store_true",
-                  help="keep the environment's malloc settings (see reexec_with_hugepages)")
+  ap.add_argument("--hugepages", action="store_true",
+                  help="restart with huge-page malloc (see reexec_with_hugepages)")
   args = ap.parse_args(argv)
-  if argv is None and not args.no_hugepages:
+  if argv is None and args.hugepages:
     reexec_with_hugepages()
   result = run(args.preset, impl=args.impl, steps=args.steps, warmup=args.warmup,
                window=not args.no_window)

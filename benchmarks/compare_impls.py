@@ -83,9 +83,9 @@ def main():
   ap.add_argument("--preset", default="cpu", choices=sorted(bench.PRESETS))
   ap.add_argument("--impls", default="shift,fused")
   ap.add_argument("--rounds", type=int, default=5)
-  ap.add_argument("--no_hugepages", action="store_true")
+  ap.add_argument("--hugepages", action="store_true", help="see bench.reexec_with_hugepages")
   args = ap.parse_args()
-  if not args.no_hugepages:
+  if args.hugepages:
     bench.reexec_with_hugepages()
   impls = args.impls.split(",")
   built = {}

@@ -91,9 +91,9 @@ def main():
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--top", type=int, default=40)
   ap.add_argument("--hlo", default="")
-  ap.add_argument("--no_hugepages", action="store_true")
+  ap.add_argument("--hugepages", action="store_true", help="see bench.reexec_with_hugepages")
   args = ap.parse_args()
-  if not args.no_hugepages:
+  if args.hugepages:
     bench.reexec_with_hugepages()
 
   p = bench.PRESETS[args.preset]
