@@ -251,8 +251,13 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
 
 
 def sliding_window_bench(parts, params, size: int, patch, window_batch: int, device) -> dict:
-  """Sliding-window softmax over a size³ volume on one device (after one warm-up run)."""
-  from u2net_jax import inference  # pylint: disable=g-import-not-at-top
+  """Times the production sliding window over a size³ volume on one device.
+
+  `stream.predict_labels` (what evaluation, predict and export run): bounded
+  memory, Gaussian-weighted softmax, arg-max labels. One warm-up run on a
+  single window compiles first.
+  """
+  from u2net_jax import stream  # pylint: disable=g-import-not-at-top
 
   local = jax.device_put(jax.tree.map(lambda a: a.addressable_data(0), params), device)
   d = jnp.int32(0)
@@ -264,14 +269,13 @@ def sliding_window_bench(parts, params, size: int, patch, window_batch: int, dev
   fn = lambda x: np.asarray(predict(local, jax.device_put(x, device), d))
   vol = np.random.default_rng(1).standard_normal((size,) * 3 + (1,), np.float32)
   kw = dict(overlap=0.5, batch_size=window_batch)
-  n_windows = len(list(inference.windows(vol.shape[:3], patch, 0.5)))
-  inference.sliding_window(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
+  stream.predict_labels(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
   t0 = time.perf_counter()
-  probs = inference.sliding_window(vol, fn, patch, 2, **kw)
+  labels, _ = stream.predict_labels(vol, fn, patch, 2, **kw)
   dt = time.perf_counter() - t0
-  assert probs.shape == (size,) * 3 + (2,)
-  return {"window_volume": [size] * 3, "window_count": n_windows, "window_batch": window_batch,
-          "window_s": dt, "window_voxels_per_s": size ** 3 / dt,
+  assert labels.shape == (size,) * 3
+  return {"window_volume": [size] * 3, "window_count": stream.num_windows(vol.shape[:3], patch),
+          "window_batch": window_batch, "window_s": dt, "window_voxels_per_s": size ** 3 / dt,
           "window_peak_device_mb": _device_peak_mb(device)}
 
 
