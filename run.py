@@ -7,6 +7,7 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
 """
 
 import logging
+import os
 import sys
 
 from absl import app
@@ -80,6 +81,11 @@ def main(argv):
     # custom dataset config): keep the console to our own progress lines;
     # --verbosity=0 brings them back.
     absl_logging.set_verbosity(absl_logging.ERROR)
+    # Orbax logs a failed background save or an unreadable checkpoint at ERROR
+    # with tracebacks; u2net_jax.checkpoint turns each into one warning line or
+    # one CheckpointError.
+    orbax_dir = os.sep + "orbax" + os.sep
+    absl_logging.get_absl_handler().addFilter(lambda r: orbax_dir not in r.pathname)
   # Imported here so `--help` stays fast.
   from u2net_jax import config_utils, param_table, train  # pylint: disable=g-import-not-at-top
   from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top
