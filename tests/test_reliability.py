@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -106,6 +107,8 @@ def kill_at(smoke, workdir, fault) -> str:
   cmd, env = command(smoke, workdir, fault=fault)
   p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True)
+  watchdog = threading.Timer(600, p.kill)  # never hang the suite
+  watchdog.start()
   out = ""
   try:
     for line in p.stdout:
@@ -113,6 +116,7 @@ def kill_at(smoke, workdir, fault) -> str:
       if line.startswith("FAULT"):
         break
   finally:
+    watchdog.cancel()
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
   assert "FAULT" in out, out[-3000:]
@@ -454,6 +458,8 @@ def test_sigkilled_rebuild_keeps_the_previous_dataset_and_reruns(tmp_path):
   p = subprocess.Popen([sys.executable, "-c", BUILD, data_dir], cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+  watchdog = threading.Timer(300, p.kill)
+  watchdog.start()
   out = ""
   try:
     for line in p.stdout:
@@ -463,6 +469,7 @@ def test_sigkilled_rebuild_keeps_the_previous_dataset_and_reruns(tmp_path):
         after = datasets.read_examples(path, "train")
         break
   finally:
+    watchdog.cancel()
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
   assert "FAULT" in out, out[-3000:]

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 log.setLevel(logging.WARNING)
 
 UNREADABLE_SUFFIX = ".unreadable"
+_asyncio_filtered = False
 
 
 def abstract_like(tree, sharding) -> Any:
@@ -77,6 +78,13 @@ def _quiet_closed_loop_noise() -> None:
   loop is closed" through sys.unraisablehook (hundreds of tracebacks for one
   corrupt checkpoint). Only these reports are dropped.
   """
+  global _asyncio_filtered
+  if not _asyncio_filtered:
+    # The failed reads' asyncio tasks are also reported, with tracebacks, when
+    # they are garbage collected ("Task exception was never retrieved").
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage())
+    _asyncio_filtered = True
   previous = sys.unraisablehook
   if getattr(previous, "_u2net_quiet", False):
     return
@@ -89,10 +97,6 @@ def _quiet_closed_loop_noise() -> None:
 
   hook._u2net_quiet = True
   sys.unraisablehook = hook
-  # The failed reads' asyncio tasks are also reported, with tracebacks, when
-  # they are garbage collected ("Task exception was never retrieved").
-  logging.getLogger("asyncio").addFilter(
-      lambda record: "exception was never retrieved" not in record.getMessage())
 
 
 def first_non_finite(tree) -> str | None:
