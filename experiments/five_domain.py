@@ -46,7 +46,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model.features_root = 8            # F0; level l has F0·2^l features
   c.model.num_levels = 4
   c.model.deep_supervision = True
-  c.model.depthwise_impl = "auto"      # auto|lax|shift
+  c.model.depthwise_impl = "auto"      # auto|lax|shift|fused
   c.model.compute_dtype = "float32"    # or bfloat16 (float32 master weights)
 
   c.train = ml_collections.ConfigDict()
