@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from u2net_jax import depthwise, layers, models
+from u2net_jax import dense, depthwise, layers, models
 from u2net_jax.domains import DomainSpec
 
 
@@ -26,10 +26,9 @@ def _key(path) -> str:
   return "/".join(str(p) for p in path)
 
 
-def _single_model(spec: DomainSpec, model_cfg, impl: str | None = None) -> models.U2Net:
+def _single_model(spec: DomainSpec, model_cfg, impls: dict | None = None) -> models.U2Net:
   cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-  if impl is not None:
-    cfg["depthwise_impl"] = impl
+  cfg.update(impls or {})
   # Shapes only: the values come from the checkpoint.
   return nnx.eval_shape(lambda: models.build_model([spec], cfg, seed=0))
 
@@ -62,12 +61,16 @@ def make_apply(spec: DomainSpec, model_cfg, *, platform: str | None = None) -> C
   """apply(weights, x) -> (B, P0, P1, P2, K) softmax probabilities.
 
   `platform` ('cpu', 'cuda', 'tpu', None = the default backend) picks the
-  depthwise-conv implementation the config's 'auto' means there.
+  depthwise- and dense-conv implementations the config's 'auto' means there.
   """
-  impl = model_cfg.get("depthwise_impl", "auto") if hasattr(model_cfg, "get") else "auto"
+  get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: d)
+  impls = {"depthwise_impl": get("depthwise_impl", "auto"),
+           "dense_impl": get("dense_impl", "auto")}
   if platform is not None:
-    impl = depthwise.resolve_impl(impl, "cpu" if platform == "cpu" else "gpu")
-  graphdef, state = nnx.split(_single_model(spec, model_cfg, impl))
+    backend = "cpu" if platform == "cpu" else "gpu"
+    impls = {"depthwise_impl": depthwise.resolve_impl(impls["depthwise_impl"], backend),
+             "dense_impl": dense.resolve_impl(impls["dense_impl"], backend)}
+  graphdef, state = nnx.split(_single_model(spec, model_cfg, impls))
   flat = list(nnx.to_flat_state(state))
 
   def apply(weights, x):

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from u2net_jax import depthwise
+from u2net_jax import dense, depthwise
 from u2net_jax.errors import ConfigError
 
 
@@ -239,7 +239,8 @@ class Conv(nnx.Module):
 
   def __init__(self, in_features, out_features, *, kernel_size: int = 3, stride: int = 1,
                names: Sequence[str] | None, use_bias: bool = False,
-               dtype=jnp.float32, fast_pointwise: bool = False, rngs: nnx.Rngs):
+               dtype=jnp.float32, fast_pointwise: bool = False, impl: str = "auto",
+               rngs: nnx.Rngs):
     fin = in_features if callable(in_features) else (lambda _: in_features)
     fout = out_features if callable(out_features) else (lambda _: out_features)
     k = kernel_size
@@ -256,6 +257,7 @@ class Conv(nnx.Module):
     self.stride = stride
     self.dtype = dtype
     self.fast_pointwise = fast_pointwise
+    self.impl = dense.resolve_impl(impl)
 
   def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
     if isinstance(self.kernel, nnx.Dict) and not sel.by_name:
@@ -267,9 +269,7 @@ class Conv(nnx.Module):
       k1 = kernel[0, 0, 0].astype(self.dtype)
       y = pointwise_conv(x, k1) if self.fast_pointwise else jnp.einsum("bdhwi,io->bdhwo", x, k1)
     else:
-      y = lax.conv_general_dilated(
-          x, kernel.astype(self.dtype), window_strides=(self.stride,) * 3, padding="SAME",
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      y = dense.conv3d(x, kernel.astype(self.dtype), self.stride, self.impl)
     if self.bias is not None:
       y = y + sel.read(self.bias, 0).astype(self.dtype)
     return y
@@ -316,14 +316,15 @@ class ConvUnit(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3,
                stride: int = 1, mode: str, names: Sequence[str],
                downsample: str = "separable", depthwise_impl: str = "auto",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dense_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
     names = tuple(names)
     if stride == 2 and not (mode == "separable" and downsample == "separable"):
       variant = "independent" if mode == "independent" else "shared"
     else:
       variant = mode
     self.variant = variant
-    conv_kw = dict(kernel_size=kernel_size, stride=stride, dtype=dtype, rngs=rngs)
+    conv_kw = dict(kernel_size=kernel_size, stride=stride, dtype=dtype, impl=dense_impl,
+                   rngs=rngs)
     if variant == "separable":
       # The official code uses a 3³ depthwise conv even in its 1³ units.
       self.dw = DepthwiseConv(in_features, kernel_size=3, stride=stride, names=names,
@@ -341,7 +342,7 @@ class ConvUnit(nnx.Module):
                             dtype=dtype, rngs=rngs)
       elif variant == "parallel_adapter":
         self.adapter = Conv(in_features, out_features, kernel_size=1, stride=stride,
-                            names=names, dtype=dtype, rngs=rngs)
+                            names=names, dtype=dtype, impl=dense_impl, rngs=rngs)
     self.norm = InstanceNorm(out_features, names, rngs=rngs)
 
   def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:

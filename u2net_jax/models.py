@@ -73,7 +73,7 @@ class U2Net(nnx.Module):
   def __init__(self, domains: Sequence[DomainSpec], *, features_root: int = 16,
                num_levels: int = 4, mode: str = "separable", downsample: str = "separable",
                deep_supervision: bool = True, depthwise_impl: str = "auto",
-               compute_dtype=jnp.float32, rngs: nnx.Rngs):
+               dense_impl: str = "auto", compute_dtype=jnp.float32, rngs: nnx.Rngs):
     layers.check_mode(mode, downsample)
     domains = check_unique(domains)
     if num_levels < 1:
@@ -89,11 +89,11 @@ class U2Net(nnx.Module):
     spec = {d.name: d for d in domains}
     dtype = jnp.dtype(compute_dtype)
     unit_kw = dict(mode=mode, names=names, downsample=downsample,
-                   depthwise_impl=depthwise_impl, dtype=dtype, rngs=rngs)
+                   depthwise_impl=depthwise_impl, dense_impl=dense_impl, dtype=dtype, rngs=rngs)
     f = self.features
 
     self.in_conv = layers.Conv(lambda n: spec[n].in_channels, f[0], names=names,
-                               dtype=dtype, rngs=rngs)
+                               dtype=dtype, impl=dense_impl, rngs=rngs)
     self.in_norm = layers.InstanceNorm(f[0], names, rngs=rngs)
     self.encoder = nnx.List([EncoderLevel(f[l], **unit_kw) for l in range(num_levels)])
     self.down = nnx.List([layers.ConvUnit(f[l], f[l + 1], stride=2, **unit_kw)
@@ -201,6 +201,7 @@ def build_model(domains: Sequence[DomainSpec], model_cfg, *, seed: int = 0) -> U
       downsample=get("downsample", "separable"),
       deep_supervision=bool(get("deep_supervision", True)),
       depthwise_impl=get("depthwise_impl", "auto"),
+      dense_impl=get("dense_impl", "auto"),
       compute_dtype=jnp.dtype(get("compute_dtype", "float32")),
       rngs=nnx.Rngs(seed))
 
