@@ -6,12 +6,10 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
   python run.py --mode=export --workdir=DIR [--domain=NAME]
 """
 
-import logging
 import os
 import sys
 
 from absl import app
-from absl import logging as absl_logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -74,18 +72,10 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # "Unable to initialize backend 'tpu'" on every CPU run is noise.
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
   if not FLAGS["verbosity"].present:
-    # Orbax and TFDS log every save/load at INFO (and TFDS warns about each
-    # custom dataset config): keep the console to our own progress lines;
-    # --verbosity=0 brings them back.
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    # Orbax logs a failed background save or an unreadable checkpoint at ERROR
-    # with tracebacks; u2net_jax.checkpoint turns each into one warning line or
-    # one CheckpointError.
-    orbax_dir = os.sep + "orbax" + os.sep
-    absl_logging.get_absl_handler().addFilter(lambda r: orbax_dir not in r.pathname)
+    # --verbosity=0 brings the libraries' INFO logs back.
+    logging_utils.quiet_library_logs()
   # Imported here so `--help` stays fast.
   from u2net_jax import config_utils, param_table, train  # pylint: disable=g-import-not-at-top
   from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top

@@ -49,7 +49,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import five_domain
-from u2net_jax import depthwise, models, train
+from u2net_jax import dense, depthwise, models, train
 from u2net_jax.domains import DomainSpec
 
 DOMAINS = ("heart", "liver", "hippocampus", "prostate", "pancreas")
@@ -70,7 +70,7 @@ REQUIRED_KEYS = ("preset", "platform", "device_kind", "jax_version", "params", "
                  "peak_rss_mb", "flops_per_step", "achieved_gflops")
 
 
-def make_config(preset: str, impl: str):
+def make_config(preset: str, impl: str, dense_impl: str = "auto"):
   """The five-domain config with the preset's model and a plain-Adam, CE step."""
   p = PRESETS[preset]
   c = five_domain.get_config("")
@@ -79,6 +79,7 @@ def make_config(preset: str, impl: str):
   c.model.num_levels = p["num_levels"]
   c.model.compute_dtype = p["compute_dtype"]
   c.model.depthwise_impl = impl
+  c.model.dense_impl = dense_impl
   c.data.patch_size = (p["patch"],) * 3
   c.train.loss = "ce"
   # Plain Adam (no weight decay, no clipping), as in the PyTorch reference.
@@ -138,10 +139,10 @@ def _cpu_model() -> str:
 
 
 def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
-        window: bool = True, seed: int = 0) -> dict:
+        window: bool = True, seed: int = 0, dense_impl: str = "auto") -> dict:
   """Runs the benchmark; returns the result dict (see REQUIRED_KEYS)."""
   p = PRESETS[preset]
-  config = make_config(preset, impl)
+  config = make_config(preset, impl, dense_impl)
   mesh = train.make_mesh(0)
   n_dev = mesh.devices.size
   batch = p["batch_per_device"] * n_dev
@@ -216,6 +217,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "achieved_gflops": flops / train_s / 1e9,
       # Extra context.
       "depthwise_impl": depthwise.resolve_impl(impl),
+      "dense_impl": dense.resolve_impl(dense_impl),
       "params_shared": counts["shared"],
       "params_per_domain": counts["per_domain"][DOMAINS[0]],
       "num_devices": n_dev,
@@ -305,6 +307,8 @@ def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
   ap.add_argument("--impl", default="auto", help=f"depthwise impl, one of {depthwise.IMPLS}")
+  ap.add_argument("--dense_impl", default="auto",
+                  help=f"dense-conv impl (input conv), one of {dense.IMPLS}")
   ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
   ap.add_argument("--no_window", action="store_true", help="skip the sliding-window benchmark")
@@ -315,7 +319,7 @@ def main(argv=None) -> dict:
   if argv is None and args.hugepages:
     reexec_with_hugepages()
   result = run(args.preset, impl=args.impl, steps=args.steps, warmup=args.warmup,
-               window=not args.no_window)
+               window=not args.no_window, dense_impl=args.dense_impl)
   text = json.dumps(result)
   print(text)
   if args.out:

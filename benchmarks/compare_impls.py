@@ -5,7 +5,8 @@ Usage:
   python benchmarks/compare_impls.py --impls=fused/autodiff_norm,fused
 
 An impl 'NAME/autodiff_norm' builds NAME with InstanceNorm differentiated by
-autodiff instead of by its hand-written backward.
+autodiff instead of by its hand-written backward; 'NAME@DENSE' also sets the
+dense-conv impl (the input conv), e.g. `--impls=fused@lax,fused@shift`.
 
 On a shared machine, absolute times drift with the load of other processes;
 alternating the implementations step by step in one process exposes them to
@@ -47,7 +48,8 @@ def _autodiff_norm(x, scale, bias, eps=1e-5, act=False):
 
 def build(preset: str, impl: str):
   p = bench.PRESETS[preset]
-  config = bench.make_config(preset, impl)
+  impl, _, dense_impl = impl.partition("@")
+  config = bench.make_config(preset, impl, dense_impl or "auto")
   config.train.batch_size = p["batch_per_device"]
   mesh = train.make_mesh(1)
   model, parts, state, tx_s, tx_d = train.build_train_state(

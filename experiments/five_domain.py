@@ -47,7 +47,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model.num_levels = 4
   c.model.deep_supervision = True
   c.model.depthwise_impl = "auto"      # auto|lax|shift|fused
-  c.model.dense_impl = "auto"          # auto|lax|im2col (dense k³ convs; auto = im2col on CPU)
+  c.model.dense_impl = "auto"          # auto|lax|shift (dense k³ convs; auto = shift on CPU)
   c.model.compute_dtype = "float32"    # or bfloat16 (float32 master weights)
 
   c.train = ml_collections.ConfigDict()

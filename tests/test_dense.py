@@ -1,4 +1,4 @@
-"""The 'im2col' dense conv equals XLA's convolution, values and gradients."""
+"""The 'shift' dense conv equals XLA's convolution, values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +22,17 @@ def _inputs(shape, cout, k=3, seed=0):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape,cout", [((2, 8, 8, 8, 4), 6), ((1, 7, 10, 5, 3), 2),
                                         ((1, 5, 4, 9, 1), 4)])
-def test_im2col_equals_lax_forward(shape, cout, stride, k):
+def test_shift_equals_lax_forward(shape, cout, stride, k):
   x, w = _inputs(shape, cout, k)
   ref = dense.conv3d_lax(x, w, stride)
-  out = jax.jit(dense.conv3d_im2col, static_argnums=2)(x, w, stride)
+  out = jax.jit(dense.conv3d_shift, static_argnums=2)(x, w, stride)
   assert out.shape == ref.shape == (shape[0], *[-(-s // stride) for s in shape[1:4]], cout)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", [(2, 8, 6, 8, 3), (1, 7, 5, 9, 2)])
-def test_im2col_equals_lax_gradients(shape, stride):
+def test_shift_equals_lax_gradients(shape, stride):
   x, w = _inputs(shape, 5, seed=1)
   cot = jax.random.normal(jax.random.key(2), dense.conv3d_lax(x, w, stride).shape)
 
@@ -40,7 +40,7 @@ def test_im2col_equals_lax_gradients(shape, stride):
     return lambda x, w: jnp.sum(dense.conv3d(x, w, stride, impl) * cot)
 
   gx_ref, gw_ref = jax.grad(loss("lax"), argnums=(0, 1))(x, w)
-  gx, gw = jax.jit(jax.grad(loss("im2col"), argnums=(0, 1)))(x, w)
+  gx, gw = jax.jit(jax.grad(loss("shift"), argnums=(0, 1)))(x, w)
   np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gw, gw_ref, rtol=1e-4, atol=1e-4)
 
@@ -52,11 +52,11 @@ def test_stride2_matches_official_right_padding():
   xp = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 1), (0, 0)))
   ref = jax.lax.conv_general_dilated(xp, w, (2, 2, 2), "VALID",
                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-  np.testing.assert_allclose(dense.conv3d(x, w, 2, "im2col"), ref, atol=1e-5)
+  np.testing.assert_allclose(dense.conv3d(x, w, 2, "shift"), ref, atol=1e-5)
 
 
-def test_auto_picks_im2col_on_cpu_and_lax_elsewhere():
-  assert dense.resolve_impl("auto", "cpu") == "im2col"
+def test_auto_picks_shift_on_cpu_and_lax_elsewhere():
+  assert dense.resolve_impl("auto", "cpu") == "shift"
   assert dense.resolve_impl("auto", "gpu") == "lax"
   assert dense.resolve_impl("auto", "tpu") == "lax"
   assert dense.resolve_impl("lax", "cpu") == "lax"
@@ -67,9 +67,9 @@ def test_auto_picks_im2col_on_cpu_and_lax_elsewhere():
 def test_bad_shapes_are_named():
   x, w = _inputs((1, 4, 4, 4, 2), 3)
   with pytest.raises(InputError, match="3 channels|takes 2 channels"):
-    dense.conv3d(x[..., :1], w, 1, "im2col")
+    dense.conv3d(x[..., :1], w, 1, "shift")
   with pytest.raises(InputError, match="must be"):
-    dense.conv3d(x, w[0], 1, "im2col")
+    dense.conv3d(x, w[0], 1, "shift")
 
 
 @pytest.mark.parametrize("mode", ["independent", "parallel_adapter"])
@@ -81,7 +81,7 @@ def test_model_logits_and_gradients_do_not_depend_on_dense_impl(mode):
   cfg = dict(mode=mode, features_root=4, num_levels=3, depthwise_impl="lax")
   x = jax.random.normal(jax.random.key(0), (1, 8, 8, 8, 2))
   out = {}
-  for impl in ("lax", "im2col"):
+  for impl in ("lax", "shift"):
     model = models.build_model(domains, dict(cfg, dense_impl=impl), seed=0)
     graphdef, state = nnx.split(model)
 
@@ -90,7 +90,7 @@ def test_model_logits_and_gradients_do_not_depend_on_dense_impl(mode):
       return jnp.sum(jnp.tanh(m(x, jnp.int32(1))[..., :3]))
 
     out[impl] = jax.jit(jax.value_and_grad(loss))(state)
-  (v_ref, g_ref), (v, g) = out["lax"], out["im2col"]
+  (v_ref, g_ref), (v, g) = out["lax"], out["shift"]
   np.testing.assert_allclose(v, v_ref, rtol=1e-5)
   scale = max(float(np.max(np.abs(b))) for b in jax.tree.leaves(g_ref))
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):

@@ -1,23 +1,22 @@
 """Dense 3D convolution with selectable implementations.
 
-The paper's baselines (independent, shared and adapter models) and the
-stride-2 units of `downsample='dense'` use dense k³ convolutions. XLA's CPU
-convolution is slow in the backward pass, worst for stride 2 (measured on
-this project's 2-core CPU, batch 2, fp32, forward+backward: 32³ 8→16
-stride 2 309 ms with `lax.conv` vs 8.5 ms with 'im2col'; 32³ 8→8 stride 1
-159 ms vs 81 ms; BENCHMARKS.md). 'im2col' gathers the k³ shifted
-(strided) views into one (…, k³·C_in) tensor and multiplies it by the
-(k³·C_in, C_out) kernel: one GEMM forward, one GEMM per gradient.
+The paper's baselines (independent, shared and adapter models), the input
+conv of every model and the stride-2 units of `downsample='dense'` are dense
+k³ convolutions. XLA's CPU convolution is slow, worst in the backward pass
+and for stride 2 (2-core CPU, batch 2, fp32; BENCHMARKS.md): the input conv
+of the `cpu` benchmark (64³, 1 → 16) takes 490 ms forward with `lax.conv`
+and 28 ms as 'shift'; a 32³ 8 → 16 stride-2 conv 309 ms forward+backward
+with `lax.conv` and ~10 ms as 'shift'.
 
-Without differentiation (evaluation, export) the k³ shifted matmuls are
-faster than the gathered GEMM for large volumes, so 'im2col' runs those in
-its primal and the gathered form only in its backward (recomputed there, so
-nothing k³-sized is kept between forward and backward).
+'shift' writes the conv as k³ matmuls of shifted (strided) views of the
+zero-padded input with the kernel's (C_in, C_out) slices, summed (XLA fuses
+the slicing into the matmuls' operands), with a custom backward (see
+`_shift_bwd`).
 
 Layout: x `(B, D, H, W, C_in)`, kernel `(k, k, k, C_in, C_out)`, 'SAME'
-padding exactly as XLA's (`depthwise.same_padding`). Every implementation
-gives the same numbers up to float rounding; tests compare them with 'lax' in
-forward and gradients, stride 1 and 2, odd sizes.
+padding exactly as XLA's (`depthwise.same_padding`). Both implementations
+give the same numbers up to float rounding; tests compare them in forward
+and gradients, stride 1 and 2, kernel 1 and 3, odd sizes.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from jax import lax
 from u2net_jax.depthwise import same_padding
 from u2net_jax.errors import ConfigError, InputError
 
-IMPLS = ("auto", "lax", "im2col")
+IMPLS = ("auto", "lax", "shift")
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
@@ -42,7 +41,7 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
     return impl
   backend = backend or jax.default_backend()
   # GPU/TPU convolutions are native (cuDNN, MXU); only XLA:CPU's are slow.
-  return "im2col" if backend == "cpu" else "lax"
+  return "shift" if backend == "cpu" else "lax"
 
 
 def _check(x, kernel, stride):
@@ -82,13 +81,6 @@ def _views(x: jax.Array, k: int, stride: int) -> list[jax.Array]:
   return views
 
 
-def _gathered(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  """One GEMM of the gathered views (B, D', H', W', k³·C_in) with the kernel."""
-  k, cin, cout = kernel.shape[0], kernel.shape[3], kernel.shape[4]
-  patches = jnp.concatenate(_views(x, k, stride), axis=-1)
-  return jnp.einsum("bdhwi,io->bdhwo", patches, kernel.reshape(k ** 3 * cin, cout))
-
-
 def _shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """Sum over the k³ views of view @ kernel[a, b, c] (no k³-sized buffer)."""
   k = kernel.shape[0]
@@ -101,30 +93,35 @@ def _shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _im2col(x, kernel, stride):
+def _shift_conv(x, kernel, stride):
   return _shifted(x, kernel, stride)
 
 
-def _im2col_fwd(x, kernel, stride):
+def _shift_fwd(x, kernel, stride):
   return _shifted(x, kernel, stride), (x, kernel)
 
 
-def _im2col_bwd(stride, res, g):
+def _shift_bwd(stride, res, g):
   x, kernel = res
-  # Differentiating the gathered GEMM: dK is one (k³·C_in × N)·(N × C_out)
-  # GEMM, dx one GEMM plus k³ strided pad-adds, both fast on XLA:CPU (the
-  # forward product itself is dead code here and is dropped by XLA).
-  _, vjp = jax.vjp(lambda x_, k_: _gathered(x_, k_, stride), x, kernel)
-  return vjp(g)
+  k = kernel.shape[0]
+  # Kernel gradient: one (C_in × N)·(N × C_out) GEMM per offset. Measured
+  # faster on XLA:CPU than one GEMM over the gathered (N × k³·C_in) views
+  # (no k³-sized buffer) and much faster than the convolution's own
+  # transpose. Input gradient: autodiff of the shifted sum (k³ small GEMMs
+  # with the transposed kernel slices, padded and added).
+  dk = jnp.stack([jnp.einsum("bdhwi,bdhwo->io", v, g) for v in _views(x, k, stride)])
+  _, vjp_x = jax.vjp(lambda x_: _shifted(x_, kernel, stride), x)
+  (dx,) = vjp_x(g)
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_im2col.defvjp(_im2col_fwd, _im2col_bwd)
+_shift_conv.defvjp(_shift_fwd, _shift_bwd)
 
 
-def conv3d_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-  """Dense k³ conv: shifted matmuls forward, gathered-GEMM gradients."""
+def conv3d_shift(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """Dense k³ conv as k³ shifted matmuls, with a per-offset-GEMM backward."""
   _check(x, kernel, stride)
-  return _im2col(x, kernel, stride)
+  return _shift_conv(x, kernel, stride)
 
 
 def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "auto") -> jax.Array:
@@ -132,4 +129,4 @@ def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "auto")
   impl = resolve_impl(impl)
   if impl == "lax":
     return conv3d_lax(x, kernel, stride)
-  return conv3d_im2col(x, kernel, stride)
+  return conv3d_shift(x, kernel, stride)

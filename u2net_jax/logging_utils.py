@@ -10,6 +10,23 @@ import time
 import jax
 
 
+def quiet_library_logs() -> None:
+  """Keeps the console to the project's own progress lines.
+
+  Orbax and TFDS log every save/load at INFO (and TFDS warns about each custom
+  dataset config); JAX logs "Unable to initialize backend 'tpu'" on every CPU
+  run. Orbax also logs a failed background save or an unreadable checkpoint
+  at ERROR with tracebacks, which `u2net_jax.checkpoint` turns into one
+  warning line or one CheckpointError.
+  """
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  orbax_dir = os.sep + "orbax" + os.sep
+  absl_logging.get_absl_handler().addFilter(lambda r: orbax_dir not in r.pathname)
+
+
 class MetricLogger:
   """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard event files."""
 
