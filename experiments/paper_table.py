@@ -88,6 +88,14 @@ def _summary(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def _stop_if_preempted(result: dict, run_dir: str) -> None:
+  """A SIGTERM saves the setting's checkpoint and ends the whole table run."""
+  if result.get("preempted"):
+    print(f"== SIGTERM: {run_dir} saved at step {result['step']}; rerun the same command "
+          "to resume.", flush=True)
+    sys.exit(143)
+
+
 def build_table(summaries: dict, new_domain: dict | None, meta: dict) -> dict:
   """The JSON table from each setting's summary.json."""
   indep = summaries.get("independent")
@@ -171,7 +179,7 @@ def main(argv):
       if s is None or s["step"] < steps:
         print(f"== {mode}: training {steps} steps in {run_dir}", flush=True)
         t0 = time.time()
-        train.train_and_evaluate(cfg, run_dir)
+        _stop_if_preempted(train.train_and_evaluate(cfg, run_dir), run_dir)
         print(f"== {mode}: {time.time() - t0:.0f} s", flush=True)
         s = _summary(run_dir)
       summaries[mode] = s
@@ -185,7 +193,7 @@ def main(argv):
       s = _summary(run_dir)
       if s is None or "extension" not in s:
         print(f"== new domain: training {cfg.train.steps} steps in {run_dir}", flush=True)
-        train.train_and_evaluate(cfg, run_dir)
+        _stop_if_preempted(train.train_and_evaluate(cfg, run_dir), run_dir)
         s = _summary(run_dir)
       new_domain = s["extension"]
     command = "python experiments/paper_table.py" + "".join(
