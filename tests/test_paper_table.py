@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["independent", "shared", "series_adapter", "parallel_adapter", "separable"]
 
@@ -43,4 +45,29 @@ def test_paper_table_rejects_an_unknown_setting(tmp_path):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 2
   assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_in_one_setting_ends_the_table_run(tmp_path, monkeypatch):
+  # A preempted setting has saved its checkpoint; the table run must stop
+  # there (rerun resumes it), not go on to the next setting or write a table.
+  sys.path.insert(0, ROOT)
+  from experiments import paper_table
+  from u2net_jax import train
+  started = []
+
+  def preempted(config, workdir):
+    started.append(os.path.basename(workdir))
+    return {"preempted": True, "step": 3}
+
+  monkeypatch.setattr(train, "train_and_evaluate", preempted)
+  paper_table.FLAGS(["paper_table.py", "--preset=smoke", f"--workdir={tmp_path}",
+                     f"--results_dir={tmp_path / 'r'}"])
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      paper_table.main([])
+  finally:
+    paper_table.FLAGS.unparse_flags()
+  assert exit_info.value.code == 143
+  assert started == ["independent"]
   assert not (tmp_path / "r").exists()
