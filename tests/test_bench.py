@@ -11,6 +11,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)
 
 import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -49,3 +50,20 @@ def test_cpu_preset_is_the_issue_model():
     p = bench.PRESETS[name]
     assert (p["features_root"], p["num_levels"], p["patch"], p["batch_per_device"],
             p["compute_dtype"], p["window_volume"]) == (16, 6, 128, 2, "bfloat16", 256)
+
+
+def test_window_scaling_reports_each_size_with_its_window_count(tmp_path):
+  from u2net_jax import stream  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "scaling.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "window_scaling.py"), "--preset=smoke",
+       "--sizes=16,40", f"--out={out}"],
+      capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert [r["size"] for r in rows] == [16, 40]
+  for r in rows:
+    assert r["windows"] == stream.num_windows((r["size"],) * 3, (16, 16, 16))
+    assert r["seconds"] > 0 and r["peak_rss_mb"] > 0
+  assert rows[1]["windows"] > rows[0]["windows"] == 1
