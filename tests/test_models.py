@@ -116,7 +116,10 @@ def test_index_path_equals_name_path_and_masks_padded_classes():
     by_name = nnx.jit(lambda m, x: m(x, d.name))(model, x)
     padded = jnp.pad(x, ((0, 0),) * 4 + ((0, model.max_in_channels - d.in_channels),))
     by_index = jax.jit(lambda m, x, i: m(x, i))(model, padded, jnp.int32(i))
-    np.testing.assert_allclose(by_index[..., :d.num_classes], by_name, rtol=1e-4, atol=1e-4)
+    # Same function; float32 rounding differs (the padded path sums over
+    # zero channels in another order) and the instance norms over a 2³
+    # bottom level of 2-feature maps amplify it to ~1e-3 of the logits.
+    np.testing.assert_allclose(by_index[..., :d.num_classes], by_name, rtol=2e-3, atol=2e-3)
     assert bool(jnp.all(by_index[..., d.num_classes:] == models.MASKED_LOGIT))
 
 
