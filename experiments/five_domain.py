@@ -64,6 +64,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.train.weight_decay = 5e-5
   c.train.weight_decay_domain = -1.0   # < 0: same as weight_decay
   c.train.weight_decay_mode = "adamw"  # or 'l2' (torch Adam, the official code)
+  # How idle domains are updated (u2net_jax/optim.py): 'isolated' (bit-identical)
+  # or 'official' (one Adam over all weights, as the official PyTorch code).
+  c.train.domain_updates = "isolated"
+  # Scale-aware kernel updates: none | param_rms | trust_ratio (optim.py).
+  c.train.update_scaling = "none"
   c.train.schedule = "poly"            # constant | poly | plateau (halve on no gain)
   c.train.warmup_steps = 50
   c.train.grad_clip = 5.0

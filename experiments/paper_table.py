@@ -1,27 +1,68 @@
-r"""Reproduce the 3D U²-Net paper's comparison (Table 2) with one command.
+r"""Reproduce the 3D U²-Net paper's comparison (Table 2) over seeds, with curves.
 
 Trains the five settings — independent models, one shared model, series and
 parallel residual adapters, and the separable universal model — on the same
-domains with the same step budget and seed, then adds a new domain (spleen)
-to the separable model (`experiments/add_domain.py`), and writes
-`<results_dir>/paper_table.{md,json}`: per setting the total parameters, their
-% of the five independent models, per-domain mean Dice and the mean over
-domains, plus the new-domain row.
+domains with the same step budget, the separable model again for more steps
+(`separable_equal_time`, about the CPU time of one dense setting), and adds a
+new domain (spleen) to the separable model of the same seed
+(`experiments/add_domain.py`), next to an independent spleen model with the
+same steps. Every run is repeated for each of `--seeds` (`config.seed`), and
+evaluates along the way (`--eval_every`). Writes to `--results_dir`:
 
-  python experiments/paper_table.py                  # synthetic, 2-core CPU
-  python experiments/paper_table.py --preset=smoke   # tiny, for tests
+  paper_table.{md,json}  per row: mean ± sd across the complete seeds of each
+                         domain's Dice and of the mean over domains, parameters
+                         and their % of the five independent models, steps,
+                         train time per run; the new-domain row (spleen added vs
+                         an independent spleen model); which runs are incomplete.
+  paper_curves.{json,png} validation Dice vs step per run, and per row the
+                         mean ± sd across the complete seeds at each step.
+
+sd is the sample standard deviation (ddof=1); one complete seed shows its value.
+
+  python experiments/paper_table.py                  # synthetic, 2-core CPU, seeds 0,1,2
+  python experiments/paper_table.py --max_runs=4     # train 4 runs, write a partial table
+  python experiments/paper_table.py --table_only     # no training: table of what is done
+  python experiments/paper_table.py --preset=smoke --steps=2 --seeds=0,1   # tiny, for tests
   python experiments/paper_table.py --preset=msd --config_overrides=data.manual_dir=/MSD
+  python experiments/paper_table.py --config_overrides=train.domain_updates=official
 
-Each setting trains in `<workdir>/<setting>` and resumes there if interrupted;
-a finished setting (summary present) is not retrained.
+Layout: `<workdir>/<row>/seed<k>/` for the rows `independent`, `shared`,
+`series_adapter`, `parallel_adapter`, `separable`, `separable_equal_time` and
+`separable_add_spleen` (initialized from `<workdir>/separable/seed<k>`), whose
+independent spleen model trains in `separable_add_spleen/seed<k>/independent_spleen/`
+(a run of its own rather than inside the add run via
+`extend.compare_independent`, so that it resumes and stops on SIGTERM like the
+others; the new-domain row pairs the seeds where both are complete). The new
+domain trains max(steps // 4, 2) steps. That is 8 runs per seed.
+Compiled programs are cached in `<workdir>/jax_cache` (unless
+JAX_COMPILATION_CACHE_DIR is set), so later seeds skip most compilation.
+
+Resume: a run whose `eval/summary.json` has `step >= steps` is complete and is
+not retrained; an interrupted one resumes from its checkpoints. Runs train
+seed-major (every row of seed 0, then seed 1, ...; within a seed: separable,
+separable_equal_time, the new domain and its independent model, then
+independent, shared, series_adapter, parallel_adapter), so a partial table has
+whole seeds. `--max_runs=N` trains at most N incomplete runs, then writes the
+table and curves of what is complete and exits 0: rerun the same command to
+fill the table in over several invocations. A SIGTERM saves the current run's
+checkpoint and ends the invocation with exit status 143, without a table.
+
+Budget (default preset, 2-core CPU): one seed took 48.6 min without the
+intermediate evaluations (README); each run now also evaluates 4 times along
+the way (≈ 0.5–1 min each), so about 1–1¼ h per seed, 3–4 h for three seeds
+(an estimate, not measured). `--eval_every` larger (or = steps) cuts that.
+The table's train time is train.py's `train_seconds` (the steps and
+checkpoint saves; not the evaluations along the way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 from absl import app
 from absl import flags
@@ -30,15 +71,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SETTINGS = ("independent", "shared", "series_adapter", "parallel_adapter", "separable")
+# Table order of the setting rows.
+ROWS = SETTINGS + ("separable_equal_time",)
+VECTOR_FLAGS = ("avx", "avx2", "avx512f")
 
 flags.DEFINE_string("preset", "", "five_domain.py preset: '' (synthetic), 'smoke' or 'msd'.")
 flags.DEFINE_string("workdir", None, "Where the runs go (default runs/paper_table[_<preset>]).")
-flags.DEFINE_string("results_dir", "results", "Where paper_table.{md,json} are written.")
+flags.DEFINE_string("results_dir", "results",
+                    "Where paper_table.{md,json} and paper_curves.{json,png} are written.")
 # The default preset's table budget: 500 steps per setting keeps all five
-# settings, the new domain and the evaluations within ~1 hour on a 2-core CPU
-# (the dense 3³ settings take ~0.8 s per step there; README). The presets'
-# own budgets (five_domain.py) are used for 'smoke' and 'msd'.
+# settings, the new domain and the evaluations of one seed within ~1 hour on
+# a 2-core CPU (the dense 3³ settings take ~0.8 s per step there; README).
+# The presets' own budgets (five_domain.py) are used for 'smoke' and 'msd'.
 TABLE_STEPS = {"": 500}
 # An extra row: the separable model given the CPU time of one dense setting.
 # On this CPU a separable step is ~4× cheaper than a dense one (0.15 vs
@@ -48,30 +95,51 @@ EQUAL_TIME_STEPS = {"": 2000}
 flags.DEFINE_integer("steps", 0, "Train steps per setting (0 = 500 for the default preset, "
                      "the preset's own for the others).")
 flags.DEFINE_list("settings", list(SETTINGS), "Settings to train, of " + ",".join(SETTINGS))
-flags.DEFINE_bool("new_domain", True, "Also add spleen to the separable model.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed); every run trains once per seed.")
+flags.DEFINE_bool("new_domain", True, "Also add spleen to the separable model (needs the "
+                  "separable setting).")
 flags.DEFINE_integer("equal_time_steps", -1,
                      "Also train the separable model for this many steps (a row "
                      "'separable_equal_time'); -1 = 2000 for the default preset (about "
                      "the CPU time of one dense setting's budget), none for the others; "
                      "0 = no such row.")
-flags.DEFINE_list("config_overrides", [], "key.path=value items applied to every config.")
+flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps for the curves "
+                     "(0 = each run's steps // 5: 4 points along the way + the final one).")
+flags.DEFINE_integer("max_runs", 0, "Train at most this many incomplete runs, then write the "
+                     "table of what is complete (0 = no limit).")
+flags.DEFINE_bool("table_only", False, "Train nothing; write the table and curves of the "
+                  "complete runs.")
+flags.DEFINE_list("config_overrides", [], "key.path=value items applied to every config "
+                  "(extend.* only to the new domain's); an unknown key is an error.")
 FLAGS = flags.FLAGS
 
 
 def _set(config, dotted: str, value) -> None:
+  """config[dotted] = value, converted to the existing value's type."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   node = config
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    node = node[p]
-  old = node[leaf]
-  if isinstance(value, str) and not isinstance(old, str) and old is not None:
-    if isinstance(old, bool):
-      value = value.lower() in ("1", "true", "yes")
-    elif isinstance(old, tuple):
-      value = tuple(type(old[0])(v) for v in value.replace("x", ",").split(","))
-    else:
-      value = type(old)(value)
-  node[leaf] = value
+  path = dotted.split(".")
+  for i, key in enumerate(path):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      raise ConfigError(f"--config_overrides key {dotted!r}: the config has no "
+                        f"{'.'.join(path[:i + 1])!r}.")
+    if i < len(path) - 1:
+      node = node[key]
+  leaf, old = path[-1], node[path[-1]]
+  try:
+    if isinstance(value, str) and not isinstance(old, str) and old is not None:
+      if isinstance(old, bool):
+        value = value.lower() in ("1", "true", "yes")
+      elif isinstance(old, tuple):
+        elem = type(old[0]) if old else int
+        value = tuple(elem(v) for v in value.replace("x", ",").split(",") if v)
+      else:
+        value = type(old)(value)
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"--config_overrides {dotted}={value!r}: not a "
+                      f"{type(old).__name__} ({e}).") from None
 
 
 def setting_config(module, preset: str, mode: str, steps: int, overrides) -> object:
@@ -85,8 +153,62 @@ def setting_config(module, preset: str, mode: str, steps: int, overrides) -> obj
     if not sep:
       from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(f"--config_overrides item {item!r} is not key.path=value.")
+    if key.strip().startswith("extend.") and "extend" not in c:
+      continue  # the new domain's options (add_domain.py); the settings have none
     _set(c, key.strip(), value.strip())
   return c
+
+
+class Run(NamedTuple):
+  """One training run of the table: a row's model for one seed."""
+  row: str
+  seed: int
+  rel: str        # run_dir relative to the workdir (messages, the incomplete list)
+  run_dir: str
+  config: Any
+  steps: int
+  kind: str = "setting"   # setting | added (the new domain) | independent (its model)
+  needs: Any = None       # a Run that must be complete first (the new domain's base)
+
+
+def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
+              eval_every, independent_config) -> list[Run]:
+  """Every run of the table, in training order (seed-major; see the docstring)."""
+  from experiments import add_domain, five_domain  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  runs = []
+  for seed in seeds:
+    def add(row, cfg, kind="setting", rel=None, needs=None, seed=seed):
+      cfg.seed = seed
+      steps = int(cfg.train.steps)
+      cfg.train.eval_every = eval_every or max(steps // 5, 1)
+      rel = rel or os.path.join(row, f"seed{seed}")
+      runs.append(Run(row, seed, rel, os.path.join(workdir, rel), cfg, steps, kind, needs))
+      return runs[-1]
+    if "separable" in settings:
+      base = add("separable", setting_config(five_domain, preset, "separable", budget,
+                                             overrides))
+      if extra:
+        add("separable_equal_time",
+            setting_config(five_domain, preset, "separable", extra, overrides))
+      if new_domain:
+        cfg = setting_config(add_domain, preset, "separable", 0, overrides)
+        cfg.init_from = base.run_dir
+        if budget:  # the share of the budget of add_domain.py's default, ≥ 2 for a curve
+          cfg.train.steps = max(budget // 4, 2)
+        new = "_".join(config_utils.split_names(cfg.extend.new_domains))
+        # The independent model trains as its own run (resumable, SIGTERM-safe),
+        # in the folder where extend.compare_independent would put it.
+        compare = bool(cfg.extend.compare_independent)
+        cfg.extend.compare_independent = False
+        added = add(f"separable_add_{new}", cfg, "added", needs=base)
+        if compare:
+          add(f"independent_{new}", independent_config(cfg), "independent",
+              rel=os.path.join(added.rel, f"independent_{new}"))
+    for mode in SETTINGS:
+      if mode in settings and mode != "separable":
+        add(mode, setting_config(five_domain, preset, mode, budget, overrides))
+  return runs
 
 
 def _summary(workdir: str) -> dict | None:
@@ -97,147 +219,302 @@ def _summary(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def run_summary(run: Run) -> dict | None:
+  """The run's summary.json if the run is complete, else None."""
+  s = _summary(run.run_dir)
+  if s is None or int(s.get("step", -1)) < run.steps:
+    return None
+  if run.kind == "added" and "extension" not in s:
+    return None
+  return s
+
+
 def _stop_if_preempted(result: dict, run_dir: str) -> None:
-  """A SIGTERM saves the setting's checkpoint and ends the whole table run."""
+  """A SIGTERM saves the run's checkpoint and ends the whole table run."""
   if result.get("preempted"):
     print(f"== SIGTERM: {run_dir} saved at step {result['step']}; rerun the same command "
           "to resume.", flush=True)
     sys.exit(143)
 
 
-def build_table(summaries: dict, new_domain: dict | None, meta: dict) -> dict:
-  """The JSON table from each setting's summary.json."""
-  indep = summaries.get("independent")
-  indep_total = indep["params"]["total"] if indep else None
-  rows = []
-  for mode, s in summaries.items():
-    dice = {n: d["mean_dice"] for n, d in s["domains"].items()}
-    rows.append({
-        "setting": mode, "params": s["params"]["total"],
-        "params_pct_of_independent": (100.0 * s["params"]["total"] / indep_total
-                                      if indep_total else None),
-        "dice": dice, "mean_dice": sum(dice.values()) / len(dice),
-        "train_seconds": s.get("train_seconds"), "steps": s["step"]})
-  return {**meta, "rows": rows, "new_domain": new_domain}
+def train_missing(runs: list[Run], max_runs: int, train_fn) -> int:
+  """Trains the incomplete runs in order (at most `max_runs` if > 0); returns how many."""
+  trained = 0
+  for run in runs:
+    if run_summary(run) is not None:
+      continue
+    if run.needs is not None and run_summary(run.needs) is None:
+      print(f"== {run.rel}: skipped, {run.needs.rel} is not complete", flush=True)
+      continue
+    if max_runs and trained >= max_runs:
+      print(f"== --max_runs={max_runs} reached; rerun to train the others", flush=True)
+      break
+    print(f"== {run.rel}: training {run.steps} steps (seed {run.seed}) in {run.run_dir}",
+          flush=True)
+    t0 = time.time()
+    trained += 1
+    _stop_if_preempted(train_fn(run.config, run.run_dir), run.run_dir)
+    print(f"== {run.rel}: {time.time() - t0:.0f} s", flush=True)
+  return trained
+
+
+def collect(runs: list[Run]) -> tuple[dict, list[str]]:
+  """({row: {kind, steps, summaries: {seed: summary|None}, points: {seed: [...]}}},
+  the incomplete runs' relative dirs), read from the workdir."""
+  by_row, incomplete = {}, []
+  for run in runs:
+    s = run_summary(run)
+    if s is None:
+      incomplete.append(run.rel)
+    e = by_row.setdefault(run.row, {"kind": run.kind, "steps": run.steps, "summaries": {},
+                                    "points": {}})
+    e["summaries"][run.seed] = s
+    records = paper_curves.read_metrics(os.path.join(run.run_dir, "metrics.jsonl"))
+    e["points"][run.seed] = paper_curves.run_points(records, s)
+  return by_row, incomplete
+
+
+# ----------------------------------------------------------------------------
+# The table (pure: from the summaries).
+
+def _dice(summary: dict) -> dict:
+  return {n: float(d["mean_dice"]) for n, d in summary["domains"].items()}
+
+
+def table_row(name: str, entry: dict, n_seeds: int, indep_params) -> dict:
+  """One setting row: mean ± sd across the complete seeds."""
+  done = {k: s for k, s in entry["summaries"].items() if s is not None}
+  dice = {k: _dice(s) for k, s in done.items()}
+  domains = list(next(iter(dice.values()))) if dice else []
+  params = next(iter(done.values()))["params"]["total"] if done else None
+  return {
+      "setting": name, "steps": entry["steps"], "seeds_complete": sorted(done),
+      "n_complete": len(done), "n_seeds": n_seeds, "params": params,
+      "params_pct_of_independent": (100.0 * params / indep_params
+                                    if params and indep_params else None),
+      "dice": {n: paper_curves.mean_sd(d[n] for d in dice.values()) for n in domains},
+      "mean_dice": paper_curves.mean_sd(sum(d.values()) / len(d) for d in dice.values()),
+      "train_seconds": paper_curves.mean_sd(s.get("train_seconds") for s in done.values())["mean"],
+      "per_seed": {str(k): {"step": s["step"], "dice": dice[k],
+                            "mean_dice": sum(dice[k].values()) / len(dice[k]),
+                            "train_seconds": s.get("train_seconds")} for k, s in done.items()},
+  }
+
+
+def new_domain_row(added: dict, independent: dict | None, domains, n_seeds: int) -> dict:
+  """The new-domain row: seeds where the added (and independent) run are complete."""
+  ind = independent["summaries"] if independent else {}
+  seeds = sorted(k for k, s in added["summaries"].items()
+                 if s is not None and (not independent or ind.get(k) is not None))
+  ext = added["summaries"][seeds[0]]["extension"]["new_domains"] if seeds else {}
+  out = {}
+  for n in domains:
+    out[n] = {
+        "added": paper_curves.mean_sd(_dice(added["summaries"][k])[n] for k in seeds),
+        "independent": (paper_curves.mean_sd(_dice(ind[k])[n] for k in seeds)
+                        if independent else None),
+        "params_added": ext[n]["params_added"] if ext else None,
+        "params_added_pct_of_independent": (ext[n]["params_added_pct_of_independent"]
+                                            if ext else None),
+        "per_seed": {str(k): {"added": _dice(added["summaries"][k])[n],
+                              "independent": _dice(ind[k])[n] if independent else None}
+                     for k in seeds}}
+  return {"steps": added["steps"], "seeds_complete": seeds, "n_complete": len(seeds),
+          "n_seeds": n_seeds, "domains": out}
+
+
+def build_table(by_row: dict, new_domains, meta: dict) -> dict:
+  """The JSON table from `collect`'s rows; `meta` holds seeds, command, machine, ..."""
+  n = len(meta["seeds"])
+  indep = by_row.get("independent")
+  indep_params = None
+  if indep:
+    done = [s for s in indep["summaries"].values() if s is not None]
+    indep_params = done[0]["params"]["total"] if done else None
+  rows = [table_row(r, by_row[r], n, indep_params) for r in ROWS if r in by_row]
+  kinds = {e["kind"]: e for e in by_row.values()}
+  nd = (new_domain_row(kinds["added"], kinds.get("independent"), new_domains, n)
+        if "added" in kinds else None)
+  domains = []
+  for r in rows:
+    domains += [d for d in r["dice"] if d not in domains]
+  return {**meta, "sd": paper_curves.SD_NOTE, "domains": domains, "rows": rows,
+          "new_domain": nd}
+
+
+def _pm(stat: dict | None) -> str:
+  if not stat or not stat["n"]:
+    return "-"
+  if stat["sd"] is None:
+    return f"{stat['mean']:.3f}"
+  return f"{stat['mean']:.3f} ± {stat['sd']:.3f}"
+
+
+def _setting_lines(table: dict) -> list[str]:
+  domains = table["domains"]
+  head = ["setting", "seeds", "steps", "train time", "params", "% of independent", *domains,
+          "mean"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in table["rows"]:
+    pct, secs = r["params_pct_of_independent"], r["train_seconds"]
+    lines.append("| " + " | ".join([
+        r["setting"], f"{r['n_complete']}/{r['n_seeds']}", f"{r['steps']:,}",
+        "-" if secs is None else f"{secs / 60:.1f} min",
+        "-" if r["params"] is None else f"{r['params']:,}",
+        "-" if pct is None else f"{pct:.2f} %",
+        *[_pm(r["dice"].get(d)) for d in domains],
+        "-" if not r["n_complete"] else f"**{_pm(r['mean_dice'])}**"]) + " |")
+  return lines
+
+
+def _new_domain_lines(nd: dict) -> list[str]:
+  lines = ["", "New domain added to the separable model of the same seed (shared weights and "
+           "old domains frozen; old domains' predictions bit-identical), against an "
+           "independent model with the same steps:", "",
+           "| domain | seeds | steps | Dice (added) | Dice (independent model) | params added "
+           "| % of one independent model |", "|---|---|---|---|---|---|---|"]
+  for n, r in nd["domains"].items():
+    pct, added = r["params_added_pct_of_independent"], r["params_added"]
+    lines.append(f"| {n} | {nd['n_complete']}/{nd['n_seeds']} | {nd['steps']:,} | "
+                 f"{_pm(r['added'])} | {_pm(r['independent'])} | "
+                 f"{'-' if added is None else f'{added:,}'} | "
+                 f"{'-' if pct is None else f'{pct:.2f} %'} |")
+  return lines
 
 
 def render_markdown(table: dict) -> str:
   """results/paper_table.md."""
-  domains = list(table["rows"][0]["dice"]) if table["rows"] else []
-  head = ["setting", "steps", "train time", "params", "% of independent", *domains, "mean"]
-  lines = [f"# 3D U²-Net comparison ({table['preset']} preset)", "",
+  seeds = ", ".join(map(str, table["seeds"]))
+  flags_ = table["cpu_vector_flags"]
+  absent = [f for f in VECTOR_FLAGS if f not in flags_]
+  lines = [f"# 3D U²-Net comparison ({table['preset']} preset, seeds {seeds})", "",
            f"Command: `{table['command']}`  ",
-           f"Machine: {table['machine']}; date {table['date']}; "
-           f"{table['steps']} steps per setting, seed {table['seed']}.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in table["rows"]:
-    pct = "-" if r["params_pct_of_independent"] is None else f"{r['params_pct_of_independent']:.2f} %"
-    secs = r.get("train_seconds")
-    lines.append("| " + " | ".join([r["setting"], f"{r['steps']:,}",
-                                    "-" if secs is None else f"{secs / 60:.1f} min",
-                                    f"{r['params']:,}", pct,
-                                    *[f"{r['dice'][d]:.3f}" for d in domains],
-                                    f"**{r['mean_dice']:.3f}**"]) + " |")
-  lines += ["", "Train time: the training loop alone (no compile, no evaluation); Dice: mean "
-            "over each domain's validation cases and classes."]
+           f"Machine: {table['machine']}; CPU vector flags: {', '.join(flags_) or 'none'}"
+           + (f" (no {', '.join(absent)})" if absent else "") + f"; date {table['date']}.", "",
+           "Each value: mean ± sample standard deviation (ddof=1) across the complete seeds "
+           "(one complete seed: its value alone); `seeds`: complete / asked for.", "",
+           *_setting_lines(table), "",
+           "Train time: mean per run of the training loop (`train_seconds`: steps and "
+           "checkpoint saves; no compile, no evaluation); Dice: mean over each domain's validation cases and "
+           "classes, at the last step."]
   if any(r["setting"] == "separable_equal_time" for r in table["rows"]):
     lines += ["`separable_equal_time`: the separable model trained for more steps, in "
               "about the CPU time one dense setting needs for the shared budget."]
-  nd = table.get("new_domain")
-  if nd:
-    lines += ["", "New domain added to the separable model (shared weights and old domains "
-              "frozen; old domains' predictions bit-identical):", "",
-              "| domain | Dice (added) | Dice (independent model, same steps) | params added "
-              "| % of one independent model |", "|---|---|---|---|---|"]
-    for n, r in nd["new_domains"].items():
-      ind = r.get("independent_mean_dice")
-      lines.append(f"| {n} | {r['mean_dice']:.3f} | "
-                   f"{'-' if ind is None else f'{ind:.3f}'} | {r['params_added']:,} | "
-                   f"{r['params_added_pct_of_independent']:.2f} % |")
+  if table.get("new_domain"):
+    lines += _new_domain_lines(table["new_domain"])
+  inc = table["incomplete_runs"]
+  lines += ["", (f"Incomplete runs ({len(inc)}, not in the means): "
+                 + ", ".join(f"`{r}`" for r in inc)) if inc else "All runs complete.",
+            "Curves: paper_curves.png / paper_curves.json."]
   return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------
+# The invocation.
+
 def _machine() -> str:
-  import platform  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor() or platform.machine()
+  from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  return logging_utils.machine_description()
+
+
+def _cpu_vector_flags() -> list[str]:
+  """Which of avx, avx2, avx512f /proc/cpuinfo lists."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
+        if line.startswith("flags"):
+          present = set(line.split(":", 1)[1].split())
+          return [v for v in VECTOR_FLAGS if v in present]
   except OSError:
     pass
-  dev = jax.devices()[0]
-  return f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, {cpu}, jax {jax.__version__}"
+  return []
+
+
+def _write(path: str, text: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def write_outputs(runs: list[Run], new_domains, meta: dict, results_dir: str) -> dict:
+  """paper_table.{json,md} and paper_curves.{json,png} from the complete runs."""
+  by_row, incomplete = collect(runs)
+  order = sorted(by_row, key=lambda r: ROWS.index(r) if r in ROWS else len(ROWS))  # stable
+  by_row = {r: by_row[r] for r in order}
+  table = build_table(by_row, new_domains, {**meta, "incomplete_runs": incomplete})
+  curves = paper_curves.build_curves(by_row, new_domains, meta["seeds"])
+  os.makedirs(results_dir, exist_ok=True)
+  _write(os.path.join(results_dir, "paper_table.json"), json.dumps(table, indent=2))
+  _write(os.path.join(results_dir, "paper_table.md"), render_markdown(table))
+  _write(os.path.join(results_dir, "paper_curves.json"), json.dumps(curves, indent=2))
+  paper_curves.plot(curves, os.path.join(results_dir, "paper_curves.png"),
+                    title=f"{meta['preset']} preset")
+  return table
+
+
+def _seeds(values) -> list[int]:
+  from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise U2NetError(f"--seeds {values} are not integers.") from None
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise U2NetError(f"--seeds {values}: give distinct non-negative integers.")
+  return seeds
+
+
+@contextlib.contextmanager
+def _compilation_cache(workdir: str):
+  """One persistent compilation cache for all runs (unless the user set one)."""
+  key = "JAX_COMPILATION_CACHE_DIR"
+  old = os.environ.get(key)
+  if old is None:
+    os.environ[key] = os.path.abspath(os.path.join(workdir, "jax_cache"))
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop(key, None)
+
+
+def _check_flags() -> None:
+  from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
+  bad = [s for s in FLAGS.settings if s not in SETTINGS]
+  if bad:
+    raise U2NetError(f"--settings {bad} not in {SETTINGS}.")
+  if FLAGS.eval_every < 0 or FLAGS.max_runs < 0:
+    raise U2NetError("--eval_every and --max_runs must be ≥ 0.")
 
 
 def main(argv):
   del argv
-  from experiments import add_domain, five_domain  # pylint: disable=g-import-not-at-top
-  from u2net_jax import logging_utils, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils, logging_utils, train  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
   if not FLAGS["verbosity"].present:
     logging_utils.quiet_library_logs()
   preset = FLAGS.preset
   workdir = FLAGS.workdir or os.path.join("runs", "paper_table" + (f"_{preset}" if preset else ""))
   try:
-    bad = [s for s in FLAGS.settings if s not in SETTINGS]
-    if bad:
-      raise U2NetError(f"--settings {bad} not in {SETTINGS}.")
-    summaries, seed, steps = {}, None, None
+    seeds = _seeds(FLAGS.seeds)
+    _check_flags()
     budget = FLAGS.steps or TABLE_STEPS.get(preset, 0)
-    for mode in FLAGS.settings:
-      cfg = setting_config(five_domain, preset, mode, budget, FLAGS.config_overrides)
-      seed, steps = int(cfg.seed), int(cfg.train.steps)
-      run_dir = os.path.join(workdir, mode)
-      s = _summary(run_dir)
-      if s is None or s["step"] < steps:
-        print(f"== {mode}: training {steps} steps in {run_dir}", flush=True)
-        t0 = time.time()
-        _stop_if_preempted(train.train_and_evaluate(cfg, run_dir), run_dir)
-        print(f"== {mode}: {time.time() - t0:.0f} s", flush=True)
-        s = _summary(run_dir)
-      summaries[mode] = s
     extra = (FLAGS.equal_time_steps if FLAGS.equal_time_steps >= 0
              else EQUAL_TIME_STEPS.get(preset, 0))
-    if extra and "separable" in FLAGS.settings:
-      cfg = setting_config(five_domain, preset, "separable", extra, FLAGS.config_overrides)
-      run_dir = os.path.join(workdir, "separable_equal_time")
-      s = _summary(run_dir)
-      if s is None or s["step"] < extra:
-        print(f"== separable_equal_time: training {extra} steps in {run_dir}", flush=True)
-        t0 = time.time()
-        _stop_if_preempted(train.train_and_evaluate(cfg, run_dir), run_dir)
-        print(f"== separable_equal_time: {time.time() - t0:.0f} s", flush=True)
-        s = _summary(run_dir)
-      summaries["separable_equal_time"] = s
-    new_domain = None
-    if FLAGS.new_domain and "separable" in summaries:
-      cfg = setting_config(add_domain, preset, "separable", 0, FLAGS.config_overrides)
-      cfg.init_from = os.path.join(workdir, "separable")
-      if budget:  # the same share of the budget as add_domain.py's default
-        cfg.train.steps = max(budget // 4, 1)
-      run_dir = os.path.join(workdir, "separable_add_spleen")
-      s = _summary(run_dir)
-      if s is None or "extension" not in s:
-        print(f"== new domain: training {cfg.train.steps} steps in {run_dir}", flush=True)
-        _stop_if_preempted(train.train_and_evaluate(cfg, run_dir), run_dir)
-        s = _summary(run_dir)
-      new_domain = s["extension"]
-    command = "python experiments/paper_table.py" + "".join(
-        f" {a}" for a in sys.argv[1:])
-    table = build_table(summaries, new_domain, {
+    runs = plan_runs(workdir, seeds, FLAGS.settings, preset=preset, budget=budget,
+                     extra=extra, new_domain=FLAGS.new_domain,
+                     overrides=FLAGS.config_overrides, eval_every=FLAGS.eval_every,
+                     independent_config=train.independent_config)
+    added = [r for r in runs if r.kind == "added"]
+    new_domains = (config_utils.split_names(added[0].config.extend.new_domains)
+                   if added else [])
+    if not FLAGS.table_only:
+      with _compilation_cache(workdir):
+        train_missing(runs, FLAGS.max_runs, train.train_and_evaluate)
+    command = "python experiments/paper_table.py" + "".join(f" {a}" for a in sys.argv[1:])
+    table = write_outputs(runs, new_domains, {
         "preset": preset or "default", "command": command, "machine": _machine(),
-        "date": time.strftime("%Y-%m-%d"), "steps": steps, "seed": seed})
-    os.makedirs(FLAGS.results_dir, exist_ok=True)
-    for name, text in (("paper_table.json", json.dumps(table, indent=2)),
-                       ("paper_table.md", render_markdown(table))):
-      path = os.path.join(FLAGS.results_dir, name)
-      with open(path + ".tmp", "w") as f:
-        f.write(text)
-      os.replace(path + ".tmp", path)
+        "cpu_vector_flags": _cpu_vector_flags(), "date": time.strftime("%Y-%m-%d"),
+        "seeds": seeds}, FLAGS.results_dir)
     print(render_markdown(table))
   except U2NetError as e:
     print(f"error: {e}", file=sys.stderr)

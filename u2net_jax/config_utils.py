@@ -9,6 +9,7 @@ import ml_collections
 
 from u2net_jax import domains as domains_lib
 from u2net_jax import layers
+from u2net_jax import optim
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
 
@@ -109,6 +110,12 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
         "must be ≥ 1.")
   if m.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
+  tcfg = config.get("train", None)
+  if tcfg is not None:
+    optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
+    if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
+      raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
+                        f"{optim.UPDATE_SCALINGS}.")
   specs = resolve_domains(config)
   ext = config.get("extend", None)
   if ext is not None and split_names(ext.get("new_domains", "")) and not config.get(

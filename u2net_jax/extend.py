@@ -142,11 +142,15 @@ def make_plan(config, specs, base_config, base_specs) -> Plan:
 
 
 def training_overrides(plan: Plan, specs) -> dict:
-  """train.* values that make `plan.train` happen (freeze, sample only new domains)."""
+  """train.* values that make `plan.train` happen (freeze, sample only new domains).
+
+  An extension always isolates domain updates: a domain that is not sampled
+  must not drift on optimizer momentum (optim.DOMAIN_UPDATES).
+  """
   if plan.train == "all":
-    return {}
+    return {"domain_updates": "isolated"}
   names = [s.name for s in specs]
-  return {"freeze_shared": True,
+  return {"domain_updates": "isolated", "freeze_shared": True,
           "frozen_domains": ",".join(n for n in names if n not in plan.new_domains),
           "domain_weights": ",".join("1" if n in plan.new_domains else "0" for n in names)}
 

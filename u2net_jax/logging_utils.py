@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import time
 
@@ -70,3 +71,26 @@ class MetricLogger:
 def eta(seconds: float) -> str:
   seconds = max(0, int(seconds))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def machine_description() -> str:
+  """'cpu, 2 cores, AMD EPYC ..., vector flags avx avx2, jax X' — for every timing we publish.
+
+  Timings differ ~2× between AVX2-only and AVX-512 CPUs, so the flags are part
+  of the figure.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  model, flags = platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model == platform.machine():
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  vec = " ".join(v for v in ("avx", "avx2", "avx512f") if v in flags) or "unknown"
+  dev = jax.devices()[0]
+  return (f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, {model}, "
+          f"vector flags: {vec}, jax {jax.__version__}")

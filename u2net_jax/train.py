@@ -145,7 +145,8 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
     grads, gnorm = optim.clip_grads(grads, float(tcfg.grad_clip))
     new_params, new_opt = optim.apply_updates(
         params, grads, state["opt"], domain, names=parts.names, tx_shared=tx_shared,
-        tx_domain=tx_domain, lr_shared=lr_shared, lr_domain=lr_domain)
+        tx_domain=tx_domain, lr_shared=lr_shared, lr_domain=lr_domain,
+        domain_updates=optim.check_domain_updates(tcfg.get("domain_updates", "isolated")))
     # A non-finite loss or gradient leaves the state as it was (the caller
     # then stops or skips, by config): no NaN ever reaches a checkpoint.
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -246,10 +247,11 @@ def build_train_state(config, specs, mesh):
   model = models.build_model(specs, config.model, seed=int(config.seed))
   parts, params = split_model(model)
   tcfg = config.train
-  tx_shared = optim.make_tx(float(tcfg.weight_decay), tcfg.weight_decay_mode)
+  scaling = tcfg.get("update_scaling", "none")
+  tx_shared = optim.make_tx(float(tcfg.weight_decay), tcfg.weight_decay_mode, scaling=scaling)
   wd_d = float(tcfg.weight_decay_domain) if float(tcfg.weight_decay_domain) >= 0 else \
       float(tcfg.weight_decay)
-  tx_domain = optim.make_tx(wd_d, tcfg.weight_decay_mode)
+  tx_domain = optim.make_tx(wd_d, tcfg.weight_decay_mode, scaling=scaling)
   frozen = set(config_utils.split_names(tcfg.get("frozen_domains", "")))
   opt = optim.init_opt_state(params["shared"], params["domains"], tx_shared, tx_domain,
                              freeze_shared=bool(tcfg.get("freeze_shared", False)),
@@ -456,6 +458,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           ckpts.save_best(step, state, meta, md)
         elif tcfg.schedule == "plateau":
           plateau_scale *= 0.5
+        t_last = time.time()  # train_seconds counts steps, not evaluations
       if preempt.requested:
         save(step, force=True)
         ckpts.wait()
@@ -481,6 +484,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if plan is not None:
     summary["extension"] = extension_report(config, workdir, plan, base_step, summary, counts,
                                             log)
+    if summary["extension"] is None:  # SIGTERM in the independent comparison run
+      log_.close()
+      return {"preempted": True, "step": step}
   if jax.process_index() == 0:
     write_summary(workdir, summary, results)
     print_table(summary, log)
@@ -505,7 +511,10 @@ def independent_config(config):
 
 
 def extension_report(config, workdir, plan, base_step, summary, counts, log) -> dict:
-  """New-domain Dice, parameters added, and (optionally) an independent model's Dice."""
+  """New-domain Dice, parameters added, and (optionally) an independent model's Dice.
+
+  None when a SIGTERM stopped the independent model's run (it saved; rerun).
+  """
   specs = config_utils.resolve_domains(config)
   new = list(plan.new_domains)
   one_independent = {}
@@ -527,6 +536,8 @@ def extension_report(config, workdir, plan, base_step, summary, counts, log) -> 
     sub_dir = os.path.join(workdir, "independent_" + "_".join(new))
     log(f"training an independent model on {', '.join(new)} with the same budget in {sub_dir}")
     sub = train_and_evaluate(independent_config(config), sub_dir)
+    if sub.get("preempted"):
+      return None  # the caller exits; a rerun resumes the comparison run
     for n in new:
       report["new_domains"][n]["independent_mean_dice"] = sub["domains"][n]["mean_dice"]
   return report
