@@ -90,6 +90,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.mirror = False
   c.eval.window_batch = 4
   c.eval.max_cases = 0                 # 0 = all validation cases
+  c.eval.during_training_max_cases = 0  # evaluations every eval_every steps (0 = max_cases)
   c.eval.surface_tolerance_mm = 2.0
 
   # Off for the short synthetic run (it learns faster without); on for msd.

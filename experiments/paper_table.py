@@ -47,10 +47,10 @@ table and curves of what is complete and exits 0: rerun the same command to
 fill the table in over several invocations. A SIGTERM saves the current run's
 checkpoint and ends the invocation with exit status 143, without a table.
 
-Budget (default preset, 2-core CPU): one seed took 48.6 min without the
-intermediate evaluations (README); each run now also evaluates 4 times along
-the way (≈ 0.5–1 min each), so about 1–1¼ h per seed, 3–4 h for three seeds
-(an estimate, not measured). `--eval_every` larger (or = steps) cuts that.
+Budget (default preset, 2-core CPU): the four dense settings dominate (500
+steps each); the evaluations along the way use the first `--curve_cases` (3)
+validation cases per domain, the final one all of them. Measured times are in
+README ("The paper's comparison").
 The table's train time is train.py's `train_seconds` (the steps and
 checkpoint saves; not the evaluations along the way).
 """
@@ -105,6 +105,8 @@ flags.DEFINE_integer("equal_time_steps", -1,
                      "0 = no such row.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps for the curves "
                      "(0 = each run's steps // 5: 4 points along the way + the final one).")
+flags.DEFINE_integer("curve_cases", 3, "Validation cases per domain for the evaluations "
+                     "along the way (0 = all); the final evaluation always uses all.")
 flags.DEFINE_integer("max_runs", 0, "Train at most this many incomplete runs, then write the "
                      "table of what is complete (0 = no limit).")
 flags.DEFINE_bool("table_only", False, "Train nothing; write the table and curves of the "
@@ -172,7 +174,7 @@ class Run(NamedTuple):
 
 
 def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
-              eval_every, independent_config) -> list[Run]:
+              eval_every, independent_config, curve_cases=0) -> list[Run]:
   """Every run of the table, in training order (seed-major; see the docstring)."""
   from experiments import add_domain, five_domain  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
@@ -182,6 +184,7 @@ def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, ov
       cfg.seed = seed
       steps = int(cfg.train.steps)
       cfg.train.eval_every = eval_every or max(steps // 5, 1)
+      cfg.eval.during_training_max_cases = curve_cases
       rel = rel or os.path.join(row, f"seed{seed}")
       runs.append(Run(row, seed, rel, os.path.join(workdir, rel), cfg, steps, kind, needs))
       return runs[-1]
@@ -482,8 +485,8 @@ def _check_flags() -> None:
   bad = [s for s in FLAGS.settings if s not in SETTINGS]
   if bad:
     raise U2NetError(f"--settings {bad} not in {SETTINGS}.")
-  if FLAGS.eval_every < 0 or FLAGS.max_runs < 0:
-    raise U2NetError("--eval_every and --max_runs must be ≥ 0.")
+  if FLAGS.eval_every < 0 or FLAGS.max_runs < 0 or FLAGS.curve_cases < 0:
+    raise U2NetError("--eval_every, --curve_cases and --max_runs must be ≥ 0.")
 
 
 def main(argv):
@@ -503,6 +506,7 @@ def main(argv):
     runs = plan_runs(workdir, seeds, FLAGS.settings, preset=preset, budget=budget,
                      extra=extra, new_domain=FLAGS.new_domain,
                      overrides=FLAGS.config_overrides, eval_every=FLAGS.eval_every,
+                     curve_cases=FLAGS.curve_cases,
                      independent_config=train.independent_config)
     added = [r for r in runs if r.kind == "added"]
     new_domains = (config_utils.split_names(added[0].config.extend.new_domains)

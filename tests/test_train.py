@@ -148,6 +148,24 @@ def test_idle_domains_are_bit_identical_and_non_finite_steps_change_nothing(data
   assert_trees_equal(after, jax.tree.map(np.asarray, state))
 
 
+def test_official_domain_updates_move_idle_domains_with_scaled_kernels(data_dir):
+  # train.domain_updates=official (the official code's one Adam) through the
+  # real train step, with the scale-aware kernel updates on: after one step on
+  # prostate, steps on heart still move prostate's weights (momentum).
+  config = smoke(data_dir, **{"train.domain_updates": "official",
+                              "train.update_scaling": "param_rms"})
+  mesh = train.make_mesh(1)
+  specs, _, state, step = _state_and_step(config, mesh)
+  lr = (jnp.float32(0.3), jnp.float32(0.3))
+  state, _ = step(state, _batch(config, mesh, 1, specs), *lr)
+  before = jax.tree.map(np.asarray, state["params"]["domains"]["prostate"])
+  state, out = step(state, _batch(config, mesh, 0, specs), *lr)
+  assert bool(out["finite"])
+  moved = [not np.array_equal(x, y) for x, y in zip(
+      jax.tree.leaves(before), jax.tree.leaves(state["params"]["domains"]["prostate"]))]
+  assert all(moved)
+
+
 def test_frozen_shared_weights_have_no_optimizer_state_and_do_not_move(data_dir):
   config = smoke(data_dir, **{"train.freeze_shared": True})
   mesh = train.make_mesh(1)

@@ -191,12 +191,17 @@ def make_predict_fn(parts: ModelParts, device):
   return for_domain
 
 
-def run_evaluation(parts, params, specs, val_examples, config, patch, channels, log) -> dict:
+def run_evaluation(parts, params, specs, val_examples, config, patch, channels, log,
+                   during_training: bool = False) -> dict:
+  """Per-domain metrics on the validation cases (`eval.max_cases` of each; evaluations
+  along the way use `eval.during_training_max_cases` when > 0: cheaper curves)."""
   predict_for = make_predict_fn(parts, jax.local_devices()[0])
   out = {}
+  max_cases = int(config.eval.get("max_cases", 0))
+  if during_training and int(config.eval.get("during_training_max_cases", 0)):
+    max_cases = int(config.eval.during_training_max_cases)
   for i, spec in enumerate(specs):
     examples = val_examples[spec.name]
-    max_cases = int(config.eval.get("max_cases", 0))
     if max_cases:
       examples = examples[:max_cases]
     t0 = time.time()
@@ -448,7 +453,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if int(tcfg.checkpoint_every) and step % int(tcfg.checkpoint_every) == 0 and step < total:
         save(step)
       if eval_every and step % eval_every == 0 and step < total:
-        results = run_evaluation(parts, state["params"], specs, val, config, patch, channels, log)
+        results = run_evaluation(parts, state["params"], specs, val, config, patch, channels, log,
+                                 during_training=True)
         md = float(np.mean([r["mean_dice"] for r in results.values()]))
         log_.scalars(step, {"val/mean_dice": md, **{f"val/{n}": r["mean_dice"]
                                                     for n, r in results.items()}})
