@@ -2,20 +2,22 @@
 
 The trainable weights are kept as separate pytrees: `shared` and one per
 domain (`domains[name]`), each with its own optimizer state (and Adam step
-count). A step on domain d updates the shared group and group d only; every
-other domain's weights AND optimizer state are carried through untouched
+count). With `isolated` updates a step on domain d updates the shared group
+and group d only; every other domain's weights AND optimizer state are
+carried through untouched
 (`lax.cond` per domain, so they are bit-identical — Adam moments and weight
 decay would otherwise move idle domains). A frozen group (the shared weights
 when adding a domain, or listed domains) has no optimizer state at all.
 
 Domain-update semantics (`train.domain_updates`):
-  isolated  (default) as above: an idle domain's weights and optimizer state
-            are bit-identical across a step on another domain. Always used when
-            extending a trained run.
+  isolated  as above: an idle domain's weights and optimizer state are
+            bit-identical across a step on another domain. Always used when
+            extending a trained run (extend.training_overrides).
   official  what the official PyTorch code does: one Adam over all weights,
             and with PyTorch < 2.0 `zero_grad()` leaves zero tensors (not None),
             so every domain steps every step — idle domains keep moving on their
-            Adam momentum (and, with L2 weight decay, towards zero).
+            Adam momentum (and, with L2 weight decay, towards zero). The
+            default preset's choice (README "Choosing the update rule").
 
 Scale-aware updates (`train.update_scaling`): every conv is followed by an
 instance norm, so only a filter's direction matters and Adam (≈ lr per weight
