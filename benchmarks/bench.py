@@ -127,6 +127,19 @@ def _device_peak_mb(device) -> float | None:
   return None if peak is None else peak / 2 ** 20
 
 
+def _cpu_vector_flags() -> list:
+  """Which of avx, avx2, avx512f the CPU has: timings differ ~2× between them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          have = set(line.split(":", 1)[1].split())
+          return [v for v in ("avx", "avx2", "avx512f") if v in have]
+  except OSError:
+    pass
+  return []
+
+
 def _cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -239,6 +252,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "python_version": platform.python_version(),
       "cpu_model": _cpu_model(),
+      "cpu_vector_flags": _cpu_vector_flags(),
       "cpu_count": os.cpu_count(),
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),

@@ -244,6 +244,19 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float], list[
   return statistics.median(times), times, warm
 
 
+def _cpu_vector_flags() -> list:
+  """Which of avx, avx2, avx512f the CPU has: timings differ ~2× between them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          have = set(line.split(":", 1)[1].split())
+          return [v for v in ("avx", "avx2", "avx512f") if v in have]
+  except OSError:
+    pass
+  return []
+
+
 def _cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -325,6 +338,7 @@ def run(*, layout: str = "default", threads: int | None = None, steps: int = 5,
       "final_loss": losses[-1],
       "python_version": platform.python_version(),
       "cpu_model": _cpu_model(),
+      "cpu_vector_flags": _cpu_vector_flags(),
       "cpu_count": os.cpu_count(),
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),
