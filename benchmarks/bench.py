@@ -29,6 +29,12 @@ transparent huge pages (see `reexec_with_hugepages`).
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
+import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import argparse
 import datetime
 import json
@@ -125,30 +131,6 @@ def _device_peak_mb(device) -> float | None:
     return None
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else peak / 2 ** 20
-
-
-def _cpu_vector_flags() -> list:
-  """Which of avx, avx2, avx512f the CPU has: timings differ ~2× between them."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          have = set(line.split(":", 1)[1].split())
-          return [v for v in ("avx", "avx2", "avx512f") if v in have]
-  except OSError:
-    pass
-  return []
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
@@ -251,8 +233,8 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "train_minor_faults_per_step": faults,
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "python_version": platform.python_version(),
-      "cpu_model": _cpu_model(),
-      "cpu_vector_flags": _cpu_vector_flags(),
+      "cpu_model": cpu_info.cpu_model(),
+      "cpu_vector_flags": cpu_info.cpu_vector_flags(),
       "cpu_count": os.cpu_count(),
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),

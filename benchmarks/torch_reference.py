@@ -53,6 +53,12 @@ voxels / median time. Eager mode compiles nothing: `compile_s` is 0 and
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
+import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import argparse
 import datetime
 import json
@@ -244,30 +250,6 @@ def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float], list[
   return statistics.median(times), times, warm
 
 
-def _cpu_vector_flags() -> list:
-  """Which of avx, avx2, avx512f the CPU has: timings differ ~2× between them."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          have = set(line.split(":", 1)[1].split())
-          return [v for v in ("avx", "avx2", "avx512f") if v in have]
-  except OSError:
-    pass
-  return []
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
 def run(*, layout: str = "default", threads: int | None = None, steps: int = 5,
         warmup: int = 2, patch: int = 64, features_root: int = 16, seed: int = 0) -> dict:
   """Runs the benchmark; returns the result dict."""
@@ -337,8 +319,8 @@ def run(*, layout: str = "default", threads: int | None = None, steps: int = 5,
       "warmup": warmup,
       "final_loss": losses[-1],
       "python_version": platform.python_version(),
-      "cpu_model": _cpu_model(),
-      "cpu_vector_flags": _cpu_vector_flags(),
+      "cpu_model": cpu_info.cpu_model(),
+      "cpu_vector_flags": cpu_info.cpu_vector_flags(),
       "cpu_count": os.cpu_count(),
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),
