@@ -72,6 +72,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.settings import setting_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SETTINGS = ("independent", "shared", "series_adapter", "parallel_adapter", "separable")
 # Table order of the setting rows.
@@ -114,51 +115,6 @@ flags.DEFINE_bool("table_only", False, "Train nothing; write the table and curve
 flags.DEFINE_list("config_overrides", [], "key.path=value items applied to every config "
                   "(extend.* only to the new domain's); an unknown key is an error.")
 FLAGS = flags.FLAGS
-
-
-def _set(config, dotted: str, value) -> None:
-  """config[dotted] = value, converted to the existing value's type."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  node = config
-  path = dotted.split(".")
-  for i, key in enumerate(path):
-    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-      raise ConfigError(f"--config_overrides key {dotted!r}: the config has no "
-                        f"{'.'.join(path[:i + 1])!r}.")
-    if i < len(path) - 1:
-      node = node[key]
-  leaf, old = path[-1], node[path[-1]]
-  try:
-    if isinstance(value, str) and not isinstance(old, str) and old is not None:
-      if isinstance(old, bool):
-        value = value.lower() in ("1", "true", "yes")
-      elif isinstance(old, tuple):
-        elem = type(old[0]) if old else int
-        value = tuple(elem(v) for v in value.replace("x", ",").split(",") if v)
-      else:
-        value = type(old)(value)
-    node[leaf] = value
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"--config_overrides {dotted}={value!r}: not a "
-                      f"{type(old).__name__} ({e}).") from None
-
-
-def setting_config(module, preset: str, mode: str, steps: int, overrides) -> object:
-  """The preset's config for one setting, with the shared budget and overrides."""
-  c = module.get_config(preset)
-  c.model.mode = mode
-  if steps:
-    c.train.steps = steps
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep:
-      from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-      raise ConfigError(f"--config_overrides item {item!r} is not key.path=value.")
-    if key.strip().startswith("extend.") and "extend" not in c:
-      continue  # the new domain's options (add_domain.py); the settings have none
-    _set(c, key.strip(), value.strip())
-  return c
 
 
 class Run(NamedTuple):
