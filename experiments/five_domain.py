@@ -77,6 +77,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.train.grad_clip = 5.0
   c.train.grad_accum = 1
   c.train.loss = "dice_ce"             # msd: the official code's Lovász-Softmax + focal
+  c.train.lovasz_classes = "present"   # lovasz*: 'present' or 'all' (official)
+  c.train.focal_detach = False         # focal*: no gradient through (1-p)^γ (official)
   c.train.fg_fraction = 0.5            # patches centred on foreground (nnU-Net: 1/3)
   c.train.domain_weights = ""          # '' = round-robin; else e.g. '1,1,2,1,1'
   c.train.freeze_shared = False
@@ -118,7 +120,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.steps = 250_000
     c.train.lr = 3e-4
     c.train.domain_updates = "official"  # the official code's single Adam (unmeasured here)
+    # Official (FIDELITY.md): Lovász over all classes + focal γ 2 with (1-p)^γ
+    # detached, no gradient clipping, dense stride-2 downsampling.
     c.train.loss = "lovasz_focal"
+    c.train.lovasz_classes = "all"
+    c.train.focal_detach = True
+    c.train.grad_clip = 0.0
+    c.model.downsample = "dense"
     c.train.fg_fraction = 1 / 3
     c.augment.enabled = True
     c.train.weight_decay = 5e-4

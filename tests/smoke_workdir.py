@@ -29,7 +29,7 @@ def trained(tmp_path_factory) -> tuple[str, str]:
     proc = cli("--config=experiments/five_domain.py:smoke", f"--workdir={workdir}",
                f"--config.data.data_dir={data_dir}", "--config.train.steps=2",
                "--config.train.checkpoint_every=0",
-               env={"JAX_NUM_CPU_DEVICES": "1", "JAX_COMPILATION_CACHE_DIR": str(root / "cache")})
+               env={"JAX_NUM_CPU_DEVICES": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     done.write_text("ok")
   return workdir, data_dir

@@ -221,3 +221,60 @@ def test_bad_inputs_raise_input_error():
     losses.lovasz_softmax(probs, labels, classes=[0, 3])
   with pytest.raises(ValueError):  # InputError is a ValueError
     losses.cross_entropy(logits, labels.astype(np.float32))
+
+
+# --- The official code's choices (FIDELITY.md). -----------------------------
+
+
+def test_detached_focal_gradient_is_cross_entropy_gradient_times_the_modulator():
+  # One voxel, two classes, label 0, logits (a, 0): p = sigmoid(a). With the
+  # modulator (1-p)^2 detached, d/da [-(1-p)^2 log p] = -(1-p)^2 (1-p):
+  # the CE gradient -(1-p) reweighted. Not detached, the product rule adds
+  # 2 (1-p) p (1-p) log p (which has the other sign for p < 1).
+  a = 0.3
+  p = 1 / (1 + np.exp(-a))
+  labels = np.zeros((1, 1, 1, 1), np.int32)
+
+  def grad(detach):
+    f = lambda x: losses.focal_loss(jnp.stack([x, 0.0]).reshape(1, 1, 1, 1, 2), labels,
+                                    gamma=2.0, detach_modulator=detach)
+    return float(jax.grad(f)(jnp.float32(a)))
+
+  np.testing.assert_allclose(grad(True), -(1 - p) ** 3, rtol=1e-5)
+  np.testing.assert_allclose(grad(False), -(1 - p) ** 3 + 2 * (1 - p) ** 2 * p * np.log(p),
+                             rtol=1e-5)
+  # The value is the same either way.
+  x = np.array([a, 0.0], np.float32).reshape(1, 1, 1, 1, 2)
+  assert float(losses.focal_loss(x, labels, detach_modulator=True)) == pytest.approx(
+      float(losses.focal_loss(x, labels)))
+
+
+def test_lovasz_over_all_classes_charges_an_absent_class_its_largest_probability():
+  # Two voxels, both background; class 1 absent. Class 1's Jaccard loss for
+  # errors sorted (0.4, 0.1): the first wrong voxel makes the union non-empty
+  # with no intersection (Δ 0 -> 1), the second adds nothing (Δ stays 1):
+  # 0.4·1 + 0.1·0 = 0.4. Background: errors (0.4, 0.1), |gt| 2: increments
+  # 1/2, 1/2 -> 0.25. 'all' averages both (0.325); 'present' only background.
+  probs = np.array([[0.6, 0.4], [0.9, 0.1]], np.float32).reshape(1, 1, 1, 2, 2)
+  labels = np.zeros((1, 1, 1, 2), np.int32)
+  assert float(losses.lovasz_softmax(probs, labels, classes="all")) == pytest.approx(0.325)
+  assert float(losses.lovasz_softmax(probs, labels, classes="present")) == pytest.approx(0.25)
+  logits = np.log(probs)
+  kw = {"classes": "all", "detach_modulator": True}
+  total = losses.segmentation_loss(logits, labels, kind="lovasz_focal", **kw)
+  focal = losses.focal_loss(logits, labels)
+  assert float(total) == pytest.approx(0.325 + float(focal), rel=1e-5)
+
+
+def test_loss_options_come_from_the_train_config_and_are_checked():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  t = ml_collections.ConfigDict({"loss": "lovasz_focal", "lovasz_classes": "all",
+                                 "focal_detach": True})
+  assert config_utils.loss_options(t) == {"classes": "all", "detach_modulator": True}
+  assert config_utils.loss_options(ml_collections.ConfigDict({"loss": "dice_ce"})) == {}
+  with pytest.raises(ConfigError, match="lovasz_classes 'some'"):
+    config_utils.loss_options(ml_collections.ConfigDict({"loss": "lovasz", "lovasz_classes": "some"}))
+  with pytest.raises(ConfigError, match="train.loss 'hinge'"):
+    config_utils.loss_options(ml_collections.ConfigDict({"loss": "hinge"}))

@@ -82,7 +82,7 @@ runpy.run_path("run.py", run_name="__main__")
 def smoke(tmp_path_factory):
   """(reference workdir, TFDS data_dir, compilation cache) of the shared smoke run."""
   workdir, data_dir = smoke_workdir.trained(tmp_path_factory)
-  return workdir, data_dir, os.path.join(os.path.dirname(workdir), "cache")
+  return workdir, data_dir, os.environ["JAX_COMPILATION_CACHE_DIR"]  # conftest.py's
 
 
 def command(smoke, workdir, *args, fault=None, mode_args=None, max_file_bytes=0):

@@ -26,8 +26,8 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("jax_cache"))
+def cache_dir():
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's (conftest.py)
 
 
 def smoke(data_dir, **overrides):

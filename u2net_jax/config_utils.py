@@ -9,6 +9,7 @@ import ml_collections
 
 from u2net_jax import domains as domains_lib
 from u2net_jax import layers
+from u2net_jax import losses
 from u2net_jax import optim
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
@@ -97,6 +98,30 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
   return tuple(specs)
 
 
+LOVASZ_CLASSES = ("present", "all")
+
+
+def loss_options(tcfg) -> dict:
+  """`losses.segmentation_loss` options of `train.loss` from the train config.
+
+  train.lovasz_classes: 'present' (classes in the batch's labels) or 'all'
+  (the official code: `lovasz_softmax(..., only_present=False)`);
+  train.focal_detach: no gradient through focal's (1-p)^γ (the official code).
+  """
+  kind = tcfg.get("loss", "dice_ce")
+  if kind not in losses.LOSS_KINDS:
+    raise ConfigError(f"train.loss {kind!r} is not one of {losses.LOSS_KINDS}.")
+  out = {}
+  if kind in ("lovasz", "lovasz_focal"):
+    classes = str(tcfg.get("lovasz_classes", "present"))
+    if classes not in LOVASZ_CLASSES:
+      raise ConfigError(f"train.lovasz_classes {classes!r} is not one of {LOVASZ_CLASSES}.")
+    out["classes"] = classes
+  if kind in ("focal", "lovasz_focal"):
+    out["detach_modulator"] = bool(tcfg.get("focal_detach", False))
+  return out
+
+
 def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   """Checks the config before any work; returns its domains.
 
@@ -113,6 +138,7 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   tcfg = config.get("train", None)
   if tcfg is not None:
     optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
+    loss_options(tcfg)
     if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
       raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
                         f"{optim.UPDATE_SCALINGS}.")

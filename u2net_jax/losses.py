@@ -31,9 +31,9 @@ _MASKED_LOGIT = -1e9
 
 # Keyword arguments each `segmentation_loss` kind forwards to its parts.
 _KIND_KWARGS = {
-    'lovasz_focal': ('classes', 'per_image', 'gamma'),
+    'lovasz_focal': ('classes', 'per_image', 'gamma', 'detach_modulator'),
     'ce': (),
-    'focal': ('gamma',),
+    'focal': ('gamma', 'detach_modulator'),
     'lovasz': ('classes', 'per_image', 'ignore'),
     'dice': ('smooth',),
     'dice_ce': ('smooth',),
@@ -109,8 +109,13 @@ def cross_entropy(logits, labels, class_mask=None):
   return -jnp.mean(log_pt)
 
 
-def focal_loss(logits, labels, gamma=2.0, class_mask=None):
+def focal_loss(logits, labels, gamma=2.0, class_mask=None, detach_modulator=False):
   """Focal loss (Lin et al. 2017), mean over voxels of -(1-p_t)^gamma log p_t.
+
+  With `detach_modulator` the factor (1-p_t)^gamma is a constant for the
+  gradient, which then is the cross-entropy gradient reweighted per voxel:
+  what the official 3D U²-Net code computes (`loss/focal_loss.py`:
+  `pt = Variable(logpt.data.exp())` takes p_t out of the graph).
 
   Args:
     logits: (B, D, H, W, C) float.
@@ -118,6 +123,7 @@ def focal_loss(logits, labels, gamma=2.0, class_mask=None):
     gamma: focusing exponent >= 0; gamma = 0 is cross-entropy.
     class_mask: optional bool (C,); invalid classes are removed from the
       softmax.
+    detach_modulator: no gradient through (1-p_t)^gamma (see above).
 
   Returns:
     float32 scalar.
@@ -133,7 +139,10 @@ def focal_loss(logits, labels, gamma=2.0, class_mask=None):
     return -jnp.mean(log_pt)
   # -expm1(log p) is 1 - p without cancellation when p is close to 1.
   one_minus_pt = jnp.maximum(-jnp.expm1(log_pt), 0.0)
-  return -jnp.mean(one_minus_pt ** gamma * log_pt)
+  modulator = one_minus_pt ** gamma
+  if detach_modulator:
+    modulator = jax.lax.stop_gradient(modulator)
+  return -jnp.mean(modulator * log_pt)
 
 
 def soft_dice_loss(probs, labels, smooth=1e-5, class_mask=None):
@@ -289,9 +298,9 @@ def segmentation_loss(logits, labels, kind='lovasz_focal', class_mask=None,
 
   Kinds (terms summed with weight 1 each):
     'lovasz_focal': Lovász-Softmax on the softmax + focal (official default);
-      kw: classes, per_image, gamma.
+      kw: classes, per_image, gamma, detach_modulator.
     'ce': cross-entropy.
-    'focal': focal; kw: gamma.
+    'focal': focal; kw: gamma, detach_modulator.
     'lovasz': Lovász-Softmax on the softmax; kw: classes, per_image, ignore.
     'dice': soft Dice on the softmax; kw: smooth.
     'dice_ce': soft Dice on the softmax + cross-entropy; kw: smooth.
@@ -342,4 +351,4 @@ def segmentation_loss(logits, labels, kind='lovasz_focal', class_mask=None,
   return (lovasz_softmax(probs(), labels, class_mask=class_mask,
                          **pick('classes', 'per_image'))
           + focal_loss(logits, labels, class_mask=class_mask,
-                       **pick('gamma')))
+                       **pick('gamma', 'detach_modulator')))

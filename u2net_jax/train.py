@@ -116,6 +116,7 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
   max_k = model.max_num_classes
   accum = int(tcfg.get("grad_accum", 1))
   freeze_shared = bool(tcfg.get("freeze_shared", False))
+  loss_kw = config_utils.loss_options(tcfg)
 
   def loss_fn(params, image, label, domain):
     if freeze_shared:
@@ -125,7 +126,7 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
                 "domains": params["domains"]}
     logits = parts.merge(params)(image, domain)
     mask = jnp.arange(max_k) < counts[domain]
-    return losses.segmentation_loss(logits, label, kind=tcfg.loss, class_mask=mask)
+    return losses.segmentation_loss(logits, label, kind=tcfg.loss, class_mask=mask, **loss_kw)
 
   grad_fn = jax.value_and_grad(loss_fn)
 
