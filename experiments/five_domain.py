@@ -34,6 +34,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.fold = 0                      # of a seeded 5-fold split
   c.data.num_shards = 0                # data shards (0 = one per process)
   c.data.patch_size = (32, 32, 32)     # voxels (D, H, W)
+  c.data.normalization = "nnunet"      # msd data: 'nnunet' or 'official' (preprocess.py)
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.shape = ()          # () = each domain's default volume size
   c.data.synthetic.num_train = 0       # 0 = default (24)
@@ -113,6 +114,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   if preset == "msd":
     c.data.source = "msd"
+    c.data.normalization = "official"
     c.data.patch_size = (128, 128, 128)
     c.model.features_root = 16
     c.model.num_levels = 6

@@ -271,6 +271,22 @@ def test_registered_configs_and_variants():
     msd.custom_config("heart", "/x", num_channels=1)
 
 
+def test_msd_preset_builds_with_the_official_normalization():
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
+  import five_domain  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  c = five_domain.get_config("msd")
+  _, cfg = datasets.builder_config(c, "heart")
+  assert cfg.name == "heart_official" and cfg.normalization == "official"
+  c.data.normalization = "nnunet"
+  assert datasets.builder_config(c, "heart")[1] is msd.Msd.builder_configs["heart"]
+  c.data.normalization = "zscore"
+  with pytest.raises(ConfigError, match="data.normalization 'zscore'"):
+    config_utils.validate(c)
+
+
 # ------------------------------------------------------------- bad input
 
 

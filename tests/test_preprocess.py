@@ -167,15 +167,28 @@ def test_normalize_mri_uses_nonzero_mask_when_mostly_background():
   assert out[inside].std() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_normalize_official_clips_to_own_percentiles():
-  rng = np.random.default_rng(4)
-  x = rng.normal(0, 1, (10, 10, 10, 1)).astype(np.float32)
-  x[0, 0, 0, 0] = 1e6  # Outlier: clipped away before the z-score.
-  for modality in ("CT", "MRI"):
-    out = preprocess.normalize(x, modality, scheme="official")
-    assert out.mean() == pytest.approx(0.0, abs=1e-5)
-    assert out.std() == pytest.approx(1.0, abs=1e-4)
-    assert out.max() < 4.0
+def test_normalize_official_is_the_official_codes_on_a_small_ct_array():
+  # 50 voxels: -3000 (air below the floor), -100, 0, 40 ×10 each, and 10
+  # voxels 40..400. Official: floor -1024; np.percentile 2/98 -> clip; mean and
+  # std of the voxels > 0; every voxel z-scored; the zeros reset to 0.
+  x = np.concatenate([np.full(10, -3000.0), np.full(10, -100.0), np.zeros(10),
+                      np.full(10, 40.0), np.linspace(40, 400, 10)]).astype(np.float32)
+  x = x.reshape(5, 5, 2, 1)
+  out = preprocess.normalize(x, "CT", scheme="official")[..., 0].ravel()
+  v = np.maximum(x.ravel(), -1024.0)
+  lo, hi = np.percentile(v, (2.0, 98.0))
+  assert lo == -1024.0 and 360.0 < hi < 400.0  # the floor, then the clip
+  v = np.clip(v, lo, hi)
+  mean, std = v[v > 0].mean(), v[v > 0].std()
+  expected = (v - mean) / std
+  expected[v == 0] = 0.0
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  assert np.all(out[20:30] == 0) and np.all(out[:20] < 0)  # negatives are not reset
+  # The same per channel for MRI-like channels; no voxel > 0: plain z-score.
+  mri = preprocess.normalize(np.abs(x), "MRI", scheme="official")
+  assert np.all(np.isfinite(mri))
+  flat = preprocess.normalize(-np.abs(x) - 1, "MRI", scheme="official")
+  assert flat.mean() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_preprocess_case_outputs():

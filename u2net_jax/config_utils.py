@@ -11,6 +11,7 @@ from u2net_jax import domains as domains_lib
 from u2net_jax import layers
 from u2net_jax import losses
 from u2net_jax import optim
+from u2net_jax.data import preprocess
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
 
@@ -139,6 +140,9 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   if tcfg is not None:
     optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
     loss_options(tcfg)
+  norm = config.data.get("normalization", "nnunet")
+  if norm not in preprocess.SCHEMES:
+    raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")
     if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
       raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
                         f"{optim.UPDATE_SCALINGS}.")

@@ -35,7 +35,8 @@ def _synthetic_config(config, domain: str):
 
 def _msd_config(config, domain: str):
   from tfds_builders.msd import msd  # pylint: disable=g-import-not-at-top
-  return msd.task_config(domain, fold=int(config.data.fold))
+  return msd.task_config(domain, fold=int(config.data.fold),
+                         normalization=str(config.data.get("normalization", "nnunet")))
 
 
 def builder_config(config, domain: str):

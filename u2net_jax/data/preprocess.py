@@ -28,9 +28,12 @@ Normalization (`normalize`):
     after skull stripping), mean/std come from the non-zero voxels only and the
     zero voxels stay 0 — nnU-Net's rule for images whose crop removed a lot of
     background.
-  * scheme 'official': our reading of the official 3D U²-Net code, for every
-    modality: per image and channel, clip to that image's own 0.5 / 99.5
-    percentiles (all voxels), then z-score with the clipped image's mean/std.
+  * scheme 'official': the official 3D U²-Net code (`utils.preprocess` and
+    `itensity_normalize_one_volume`), for every modality, per image and
+    channel: floor at -1024, clip to the image's own 2 / 98 percentiles (all
+    voxels), then z-score with the mean/std of the voxels > 0; voxels that are
+    0 after clipping stay 0. (If no voxel is > 0 the official code divides by
+    a NaN std; here the z-score uses all voxels instead.)
 """
 
 from __future__ import annotations
@@ -237,6 +240,25 @@ def _zscore(x: np.ndarray, mask=None) -> np.ndarray:
   return out
 
 
+OFFICIAL_FLOOR = -1024.0           # utils.preprocess: `volume[volume<-1024] = -1024`
+OFFICIAL_PERCENTILES = (2.0, 98.0)  # utils.preprocess: `np.percentile(volume, (2.0, 98.0))`
+
+
+def official_normalize(x: np.ndarray) -> np.ndarray:
+  """One channel (D, H, W) as the official code normalizes it (module docstring)."""
+  x = np.maximum(np.asarray(x, np.float32), OFFICIAL_FLOOR)
+  lo, hi = np.percentile(x, OFFICIAL_PERCENTILES)
+  x = np.clip(x, lo, hi)
+  positive = x[x > 0]
+  if not positive.size:
+    return _zscore(x)
+  # Every voxel is shifted and scaled (negative ones too); only exact zeros
+  # are reset, as in the official `out[volume == 0] = 0`.
+  out = (x - positive.mean()) / max(float(positive.std()), _EPS)
+  out[x == 0] = 0.0
+  return out
+
+
 def normalize(image, modality, stats: Mapping | None = None, scheme: str = "nnunet",
               mask=None) -> np.ndarray:
   """Intensity normalization, float32 (D, H, W, C) (schemes: module docstring).
@@ -265,8 +287,7 @@ def normalize(image, modality, stats: Mapping | None = None, scheme: str = "nnun
   for c, mod in enumerate(modalities):
     x = image[..., c]
     if scheme == "official":
-      lo, hi = np.percentile(x, [0.5, 99.5])
-      image[..., c] = _zscore(np.clip(x, lo, hi))
+      image[..., c] = official_normalize(x)
     elif str(mod).upper() == "CT":
       if stats is None:
         raise InputError("CT normalization (scheme 'nnunet') needs dataset stats "
