@@ -73,7 +73,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # none: at 1,400 steps param_rms (lr 0.3, isolated) reached 0.775 against
   # 0.842 for official + plain Adam 1e-2 (README).
   c.train.update_scaling = "none"
-  c.train.schedule = "poly"            # constant | poly | plateau (halve on no gain)
+  c.train.schedule = "poly"            # constant | poly | plateau | loss_plateau (official)
+  # plateau: halve on no validation gain at an evaluation. loss_plateau: the
+  # official rule (u2net_jax/schedules.py): halve when the mean of the last
+  # `window` epoch losses improves < min_delta; stop below min_lr.
+  c.train.plateau_epoch_steps = 300
+  c.train.plateau_window = 20
+  c.train.plateau_min_delta = 1e-4
+  c.train.plateau_min_lr = 1e-8
   c.train.warmup_steps = 50
   c.train.grad_clip = 5.0
   c.train.grad_accum = 1
@@ -119,7 +126,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.features_root = 16
     c.model.num_levels = 6
     c.model.compute_dtype = "bfloat16"
-    c.train.steps = 250_000
+    c.train.steps = 90_000               # official: 300 epochs × 300 steps
     c.train.lr = 3e-4
     c.train.domain_updates = "official"  # the official code's single Adam (unmeasured here)
     # Official (FIDELITY.md): Lovász over all classes + focal γ 2 with (1-p)^γ
@@ -133,9 +140,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.augment.enabled = True
     c.train.weight_decay = 5e-4
     c.train.weight_decay_mode = "l2"
-    c.train.schedule = "plateau"
+    c.train.schedule = "loss_plateau"
     c.train.warmup_steps = 0
-    c.train.eval_every = 5000
+    c.train.eval_every = 6000           # official: every 20 epochs (from epoch 100)
     c.train.checkpoint_every = 1000
     c.train.max_to_keep = 3
     c.eval.window_batch = 2

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from u2net_jax import checkpoint as ckpt_lib
 from u2net_jax import config_utils, evaluate, extend, layers, logging_utils, losses, models, optim
-from u2net_jax import plans
+from u2net_jax import plans, schedules
 from u2net_jax.data import augment, datasets, pipeline
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
 
@@ -166,10 +166,11 @@ def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
     factor = 1.0
   elif tcfg.schedule == "poly":
     factor = (1 - min(step, total - 1) / total) ** 0.9
-  elif tcfg.schedule == "plateau":
+  elif tcfg.schedule in ("plateau", "loss_plateau"):
     factor = plateau_scale
   else:
-    raise ConfigError(f"train.schedule {tcfg.schedule!r} is not constant, poly or plateau.")
+    raise ConfigError(f"train.schedule {tcfg.schedule!r} is not constant, poly, plateau or "
+                      "loss_plateau.")
   warm = int(tcfg.get("warmup_steps", 0))
   if warm and step < warm:
     factor *= (step + 1) / warm
@@ -324,10 +325,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
   start, plateau_scale, best = 0, 1.0, -1.0
+  # train.schedule=loss_plateau: the official rule on the training loss (schedules.py).
+  loss_plateau = (schedules.LossPlateau.from_config(tcfg)
+                  if tcfg.schedule == "loss_plateau" else None)
   if restored is not None:
     start, state, meta = restored
     plateau_scale = float(meta.get("plateau_scale", 1.0))
     best = float(meta.get("best_mean_dice", -1.0))
+    if loss_plateau is not None and meta.get("loss_plateau"):
+      loss_plateau = schedules.LossPlateau.from_dict(meta["loss_plateau"])
     log(f"resumed from {ckpts.directory} step {start}")
   elif plan is not None:
     params = extend.init_params(plan, jax.device_get(state["params"]), base_params)
@@ -404,6 +410,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {"step": int(step), "data": {"next_step": int(step), "seed": int(config.seed)},
             "architecture": arch, "domains": list(parts.names),
             "plateau_scale": plateau_scale, "best_mean_dice": best,
+            "loss_plateau": loss_plateau.to_dict() if loss_plateau else None,
             "config": config.to_dict()}
 
   # -- loop -------------------------------------------------------------------
@@ -414,6 +421,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   voxels = batch * int(np.prod(patch))
   eval_every = int(tcfg.eval_every)
   nan_policy = tcfg.get("nan_policy", "stop")
+  if loss_plateau is not None and loss_plateau.stopped:
+    total = start  # stopped by the lr floor before: nothing left to train
   with _Preemption() as preempt:
     it = sampler.iterate(start, max(total - start, 0), num_threads=int(tcfg.get("data_threads", 2)))
     t_last = time.time()
@@ -438,6 +447,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       train_seconds += time.time() - t_last
       t_last = time.time()
       recent.setdefault(parts.names[int(host_batch["domain"])], []).append(out["loss"])
+      stop_early = False
+      if loss_plateau is not None:
+        loss_plateau.add(out["loss"])
+        if step % loss_plateau.epoch_steps == 0:
+          stop_early = loss_plateau.end_epoch(float(tcfg.lr))
+          if loss_plateau.scale != plateau_scale:
+            plateau_scale = loss_plateau.scale
+            log(f"step {step}: training loss plateaued, lr × {plateau_scale:g}")
+          if stop_early:
+            log(f"step {step}: lr {float(tcfg.lr) * plateau_scale:.2g} < "
+                f"{loss_plateau.min_lr:g}: training stops (the official rule)")
       if step % int(tcfg.log_every) == 0 or step == total:
         # Mean loss per domain since the last line (one step's loss is noise).
         per_domain = {n: float(np.mean([float(v) for v in vs])) for n, vs in recent.items()}
@@ -473,6 +493,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpts.close()
         log_.close()
         return {"preempted": True, "step": step}
+      if stop_early:
+        break
   if step > start or restored is None:
     save(step, force=True)
   ckpts.wait()
@@ -482,6 +504,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = run_evaluation(parts, state["params"], specs, val, config, patch, channels, log)
   summary = summary_of(step, results)
   summary["compile_seconds"] = compile_s
+  if loss_plateau is not None:
+    summary["lr_scale"] = loss_plateau.scale
+    summary["stopped_by_lr_floor"] = loss_plateau.stopped
   md = float(np.mean([r["mean_dice"] for r in results.values()]))
   if md > best:
     best = md
