@@ -101,6 +101,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.overlap = 0.5
   c.eval.mirror = False
+  c.eval.blend = "gaussian"            # window blend: gaussian (nnU-Net) | official (inference.py)
   c.eval.window_batch = 4
   c.eval.max_cases = 0                 # 0 = all validation cases
   c.eval.during_training_max_cases = 0  # evaluations every eval_every steps (0 = max_cases)
@@ -146,6 +147,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.max_to_keep = 3
     c.eval.window_batch = 2
+    c.eval.blend = "official"
   elif preset == "smoke":
     c.data.tasks = "heart,prostate"
     c.data.patch_size = (16, 16, 16)

@@ -79,6 +79,52 @@ def test_streamed_windows_equal_the_whole_volume_sliding_window(shape, batch, mi
   np.testing.assert_allclose(probs, ref, atol=1e-3)
 
 
+def test_official_window_weights_are_the_official_codes():
+  # tinies.calPatchWeights' docstring: for a 128³ patch, w[0,0,0] = 0 (+1e-20),
+  # w[0,0,1] ≈ 0.005, w[100,100,100] ≈ 0.4375, w[64,64,64] = 1.
+  w = inference.linear_weights((128, 128, 128))
+  assert w[64, 64, 64] == 1.0 and w[0, 0, 0] == pytest.approx(1e-20, rel=1e-3)
+  assert w[0, 0, 1] == pytest.approx(0.005, abs=5e-4)
+  assert w[127, 0, 0] == pytest.approx(0.005, abs=5e-4)
+  assert w[100, 100, 100] == pytest.approx(0.4375, abs=1e-3)
+  # Hand value on 4³: distances to (2, 2, 2); d_max = √12 at (0,0,0), d_min 0.
+  w4 = inference.linear_weights((4, 4, 4))
+  assert w4[3, 2, 2] == pytest.approx(1 - 1 / np.sqrt(12), rel=1e-6)
+
+
+def test_official_blend_gives_the_labels_of_summed_weighted_logits():
+  # The official code sums w·logits over windows and takes the arg-max; we
+  # blend log-probabilities (logits minus a per-voxel constant): same labels.
+  rng = np.random.default_rng(3)
+  shape, patch, k = (12, 10, 9), (8, 8, 8), 3
+  image = rng.normal(size=shape + (1,)).astype(np.float32)
+  proj = rng.normal(size=(k,)).astype(np.float32)
+
+  def logits_of(x):
+    return np.sin(x[..., :1] * proj * 3) * 4
+
+  def probs_fn(x):
+    z = logits_of(x)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  w = inference.linear_weights(patch)
+  total = np.zeros(shape + (k,), np.float64)
+  for sl in inference.windows(shape, patch, 0.5):
+    total[sl] += logits_of(image[sl]) * w[..., None]
+  expected = np.argmax(total, -1)
+  ref = inference.sliding_window(image, probs_fn, patch, k, blend="official")
+  np.testing.assert_array_equal(np.argmax(ref, -1), expected)
+  np.testing.assert_allclose(ref.sum(-1), 1.0, rtol=1e-5)
+  labels, _ = stream.predict_labels(image, probs_fn, patch, k, blend="official")
+  np.testing.assert_array_equal(labels, expected)
+  out = np.concatenate([s for _, _, s in stream.stream_slabs(
+      image, probs_fn, patch, k, blend="official")], axis=0)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  with pytest.raises(InputError, match="blend 'box'"):
+    inference.sliding_window(image, probs_fn, patch, k, blend="box")
+
+
 def _peak_bytes(fn):
   tracemalloc.start()
   try:

@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from u2net_jax import domains as domains_lib
+from u2net_jax import inference
 from u2net_jax import layers
 from u2net_jax import losses
 from u2net_jax import optim
@@ -140,6 +141,9 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   if tcfg is not None:
     optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
     loss_options(tcfg)
+  ev = config.get("eval", None)
+  if ev is not None and ev.get("blend", "gaussian") not in inference.BLENDS:
+    raise ConfigError(f"eval.blend {ev.blend!r} is not one of {inference.BLENDS}.")
   norm = config.data.get("normalization", "nnunet")
   if norm not in preprocess.SCHEMES:
     raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")

@@ -20,7 +20,7 @@ def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_
   labels, _ = stream.predict_labels(
       image, predict_fn, patch, spec.num_classes, overlap=float(eval_cfg.overlap),
       batch_size=int(eval_cfg.window_batch), mirror=bool(eval_cfg.mirror), channels=channels,
-      progress=progress)
+      blend=str(eval_cfg.get("blend", "gaussian")), progress=progress)
   return labels
 
 

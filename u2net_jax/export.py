@@ -115,7 +115,8 @@ def load(directory: str, *, domain: str = "", platform: str | None = None) -> pr
   return predict.Predictor(
       plan=plan, fn=lambda x: np.asarray(call(weights, np.asarray(x, np.float32))),
       overlap=float(inf.get("overlap", 0.5)), window_batch=int(inf.get("window_batch", 2)),
-      mirror=bool(inf.get("mirror", False)), decision=decision,
+      mirror=bool(inf.get("mirror", False)), blend=str(inf.get("blend", "gaussian")),
+      decision=decision,
       step=int(meta.get("source", {}).get("step", 0)), source=os.path.abspath(directory))
 
 
@@ -181,7 +182,8 @@ def export_domain(config, workdir: str, spec, plan: DomainPlan, params, step: in
         "output": {"shape": ["b", *plan.patch_size, plan.num_classes], "dtype": "float32",
                    "layout": "(batch, D, H, W, class) softmax probabilities"},
         "inference": {"overlap": float(ev.overlap), "window_batch": int(ev.window_batch),
-                      "mirror": bool(ev.mirror), "gaussian_sigma": "patch / 8"},
+                      "mirror": bool(ev.mirror), "gaussian_sigma": "patch / 8",
+                      "blend": str(ev.get("blend", "gaussian"))},
         "postprocessing": {
             "rule": "keep the largest connected component of the classes whose "
                     "'apply' is true (it raised their mean validation Dice)",

@@ -1,10 +1,19 @@
-"""Sliding-window inference over whole volumes (nnU-Net's scheme).
+"""Sliding-window inference over whole volumes.
 
-Windows of the training patch size tile the volume with a given overlap;
-their softmax outputs are weighted by a Gaussian (σ = patch/8, so window
-borders count less) and averaged. Windows are evaluated in fixed-size batches
-(the last batch is padded, so one compiled program serves every volume).
-Optional test-time mirroring averages the predictions over the 8 flips.
+Windows of the training patch size tile the volume with a given overlap and
+are blended (`blend`):
+  'gaussian' (nnU-Net's scheme, the default): softmax outputs weighted by a
+    Gaussian (σ = patch/8, so window borders count less) and averaged;
+  'official' (the official 3D U²-Net code, `evaluate.batch_segmentation` with
+    `tinies.calPatchWeights`): *logits* weighted by 1 - normalized Euclidean
+    distance to the window centre and summed. Our windows give probabilities,
+    so the log-probabilities are blended instead: log p = logit - logsumexp,
+    and the logsumexp term adds the same amount to every class of a voxel,
+    so the arg-max labels are the official ones; the probabilities returned
+    are the softmax of the blended log-probabilities.
+Windows are evaluated in fixed-size batches (the last batch is padded, so one
+compiled program serves every volume). Optional test-time mirroring averages
+the predictions over the 8 flips.
 
 `sliding_window` here accumulates the whole volume at once: it is the plain
 reference. Evaluation, predict and export use `stream.py`, the same windows
@@ -35,6 +44,43 @@ def gaussian_weights(patch, sigma_scale: float = 1 / 8) -> np.ndarray:
   w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
   w = w / w.max()
   return np.maximum(w, 1e-3).astype(np.float32)  # no zero weights at the corners
+
+
+def linear_weights(patch) -> np.ndarray:
+  """(P0, P1, P2) float32 weights of the official code (`tinies.calPatchWeights`).
+
+  w = 1 - (d - d_min) / (d_max - d_min) + 1e-20, d the Euclidean distance of
+  voxel i to the point patch/2 (not (patch-1)/2, as there): 1 next to the
+  centre, 1e-20 at the far corner.
+  """
+  grids = np.meshgrid(*[np.arange(p, dtype=np.float64) - p / 2 for p in patch], indexing="ij")
+  d = np.sqrt(sum(g ** 2 for g in grids))
+  span = max(float(d.max() - d.min()), 1e-12)
+  return (1 - (d - d.min()) / span + 1e-20).astype(np.float32)
+
+
+BLENDS = ("gaussian", "official")
+_LOG_FLOOR = 1e-37  # float32 probabilities that underflowed to 0
+
+
+def window_weights(patch, blend: str, sigma_scale: float = 1 / 8) -> np.ndarray:
+  """The (P0, P1, P2) weights of `blend`."""
+  if blend not in BLENDS:
+    raise InputError(f"Unknown window blend {blend!r}; known: {BLENDS}.")
+  return gaussian_weights(patch, sigma_scale) if blend == "gaussian" else linear_weights(patch)
+
+
+def to_blended(probs: np.ndarray, blend: str) -> np.ndarray:
+  """What a window adds to the weighted sum: probabilities, or log-probabilities."""
+  return probs if blend == "gaussian" else np.log(np.maximum(probs, _LOG_FLOOR))
+
+
+def from_blended(mean: np.ndarray, blend: str) -> np.ndarray:
+  """Probabilities from the weighted mean of `to_blended` values (last axis: classes)."""
+  if blend == "gaussian":
+    return mean
+  e = np.exp(mean - mean.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -69,6 +115,7 @@ def _mirrored(predict_fn: PredictFn) -> PredictFn:
 def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: int, *,
                    overlap: float = 0.5, batch_size: int = 2, mirror: bool = False,
                    channels: int | None = None, sigma_scale: float = 1 / 8,
+                   blend: str = "gaussian",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Softmax probabilities of a whole volume.
 
@@ -83,6 +130,7 @@ def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes:
     mirror: average over the 8 axis flips.
     channels: zero-pad the input's channels to this many (one program for
       domains with different channel counts).
+    blend: 'gaussian' or 'official' (module docstring).
     progress: called with (windows done, windows total).
   Returns:
     (D, H, W, K) float32 probabilities.
@@ -99,7 +147,7 @@ def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes:
   vol = np.zeros(padded + (c,), np.float32)
   vol[:shape[0], :shape[1], :shape[2], :image.shape[-1]] = image
   fn = _mirrored(predict_fn) if mirror else predict_fn
-  weights = gaussian_weights(patch, sigma_scale)
+  weights = window_weights(patch, blend, sigma_scale)
   acc = np.zeros(padded + (num_classes,), np.float32)
   norm = np.zeros(padded, np.float32)
   slices = list(windows(padded, patch, overlap))
@@ -108,11 +156,11 @@ def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes:
     batch = np.zeros((batch_size,) + patch + (c,), np.float32)
     for j, sl in enumerate(chunk):
       batch[j] = vol[sl]
-    probs = np.asarray(fn(batch))[..., :num_classes]
+    values = to_blended(np.asarray(fn(batch))[..., :num_classes], blend)
     for j, sl in enumerate(chunk):
-      acc[sl] += probs[j] * weights[..., None]
+      acc[sl] += values[j] * weights[..., None]
       norm[sl] += weights
     if progress:
       progress(min(i + batch_size, len(slices)), len(slices))
-  out = acc / norm[..., None]
+  out = from_blended(acc / norm[..., None], blend)
   return out[:shape[0], :shape[1], :shape[2]]

@@ -39,7 +39,7 @@ class Predictor:
   Attributes:
     plan: the domain's `DomainPlan`.
     fn: (B, P0, P1, P2, C) float32 windows -> (B, P0, P1, P2, K) probabilities.
-    overlap, window_batch, mirror: sliding-window settings (config.eval).
+    overlap, window_batch, mirror, blend: sliding-window settings (config.eval).
     decision: stored largest-component decision {class: {"apply": bool, ...}},
       or None if not known yet.
     step: checkpoint step the weights come from.
@@ -50,6 +50,7 @@ class Predictor:
   overlap: float = 0.5
   window_batch: int = 2
   mirror: bool = False
+  blend: str = "gaussian"
   decision: dict | None = None
   step: int = 0
   source: str = ""
@@ -63,7 +64,8 @@ class Predictor:
     return stream.predict_labels(
         image, self.fn, self.plan.patch_size, self.plan.num_classes,
         keep_probabilities=keep_probabilities, overlap=self.overlap,
-        batch_size=self.window_batch, mirror=self.mirror, progress=progress, stats=stats)
+        batch_size=self.window_batch, mirror=self.mirror, blend=self.blend, progress=progress,
+        stats=stats)
 
 
 # ----------------------------------------------------------------------------
@@ -246,7 +248,8 @@ def from_params(config, spec, plan: DomainPlan, params, step: int, source: str =
   ev = config.eval
   return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
                    overlap=float(ev.overlap), window_batch=int(ev.window_batch),
-                   mirror=bool(ev.mirror), step=int(step), source=source)
+                   mirror=bool(ev.mirror), blend=str(ev.get("blend", "gaussian")),
+                   step=int(step), source=source)
 
 
 def from_workdir(config, workdir: str, domain: str, *, log=print) -> Predictor:

@@ -1,6 +1,6 @@
 """Sliding-window inference in bounded memory: windows streamed, slabs flushed.
 
-Same windows, Gaussian weights, batching and mirroring as
+Same windows, weights (`blend`), batching and mirroring as
 `inference.sliding_window` (and the same result, tested), but the weighted
 sums live in a buffer one window deep along axis 0: windows are visited in
 order of their first row, so once a window starting at row z has been added,
@@ -52,11 +52,13 @@ class SlabAccumulator:
     buffer_bytes: bytes held by the accumulation buffers (independent of D).
   """
 
-  def __init__(self, shape, patch, num_classes: int, weights: np.ndarray):
+  def __init__(self, shape, patch, num_classes: int, weights: np.ndarray,
+               blend: str = "gaussian"):
     self.shape = tuple(int(s) for s in shape)  # true (D, H, W)
     self.patch = tuple(int(p) for p in patch)
     self.plane = tuple(max(s, p) for s, p in zip(self.shape[1:], self.patch[1:]))
     self.weights = weights
+    self.blend = blend
     self.acc = np.zeros((self.patch[0],) + self.plane + (num_classes,), np.float32)
     self.norm = np.zeros((self.patch[0],) + self.plane, np.float32)
     self.base = 0  # the buffer's row 0 is volume row `base`
@@ -71,7 +73,8 @@ class SlabAccumulator:
     if stop > self.base:
       n = stop - self.base
       h, w = self.shape[1:]
-      yield self.base, stop, self.acc[:n, :h, :w] / self.norm[:n, :h, :w, None]
+      yield self.base, stop, inference.from_blended(
+          self.acc[:n, :h, :w] / self.norm[:n, :h, :w, None], self.blend)
     keep = self.patch[0] - rows
     if keep > 0:
       self.acc[:keep] = self.acc[rows:]
@@ -91,7 +94,7 @@ class SlabAccumulator:
     if z != self.base:
       raise AssertionError(f"window at row {z} added with the buffer at row {self.base}")
     sl = (slice(None), slice(y, y + self.patch[1]), slice(x, x + self.patch[2]))
-    self.acc[sl] += probs * self.weights[..., None]
+    self.acc[sl] += inference.to_blended(probs, self.blend) * self.weights[..., None]
     self.norm[sl] += self.weights
 
   def finish(self) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -101,6 +104,7 @@ class SlabAccumulator:
 def stream_slabs(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: int, *,
                  overlap: float = 0.5, batch_size: int = 2, mirror: bool = False,
                  channels: int | None = None, sigma_scale: float = 1 / 8,
+                 blend: str = "gaussian",
                  progress: Callable[[int, int], None] | None = None,
                  stats: dict | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
   """Softmax probabilities of a whole volume, as consecutive slabs along axis 0.
@@ -116,6 +120,7 @@ def stream_slabs(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: i
     mirror: average over the 8 axis flips.
     channels: zero-pad the input's channels to this many.
     sigma_scale: Gaussian σ as a fraction of the patch.
+    blend: 'gaussian' or 'official' (`inference` module docstring).
     progress: called with (windows done, windows total).
     stats: if given, receives 'buffer_bytes' and 'windows'.
   Yields:
@@ -133,7 +138,7 @@ def stream_slabs(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: i
     raise InputError(f"image has {image.shape[-1]} channels, more than the model's {c}.")
   fn = inference._mirrored(predict_fn) if mirror else predict_fn  # pylint: disable=protected-access
   acc = SlabAccumulator(image.shape[:3], patch, num_classes,
-                        inference.gaussian_weights(patch, sigma_scale))
+                        inference.window_weights(patch, blend, sigma_scale), blend)
   origins = _window_origins(image.shape[:3], patch, overlap)
   if stats is not None:
     stats.update(buffer_bytes=acc.buffer_bytes, windows=len(origins))
