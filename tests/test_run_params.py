@@ -79,3 +79,25 @@ def test_missing_config_file_is_one_clear_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip() == ("error: could not load the --config file: [Errno 2] No such "
                                  "file or directory: 'experiments/nope.py'")
+
+
+def test_msd_preset_counts_the_official_dense_downsampling():
+  # Issue #14: `--mode=params` of :msd = the official architecture's count.
+  assert param_table.count(five_domain.get_config("msd"))["total"] == 6_550_404
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.update_scaling", "lars", "train.update_scaling 'lars'"),
+    ("train.schedule", "cosine", "train.schedule 'cosine'"),
+    ("train.lovasz_classes", "some", "train.lovasz_classes 'some'"),
+    ("eval.blend", "box", "eval.blend 'box'"),
+    ("data.normalization", "zscore", "data.normalization 'zscore'"),
+])
+def test_validate_names_the_bad_option(key, value, message):
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = five_domain.get_config("msd")
+  section, leaf = key.split(".")
+  config[section][leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    config_utils.validate(config)

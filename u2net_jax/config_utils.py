@@ -101,6 +101,7 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
 
 
 LOVASZ_CLASSES = ("present", "all")
+SCHEDULES = ("constant", "poly", "plateau", "loss_plateau")
 
 
 def loss_options(tcfg) -> dict:
@@ -140,6 +141,11 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   tcfg = config.get("train", None)
   if tcfg is not None:
     optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
+    if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
+      raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
+                        f"{optim.UPDATE_SCALINGS}.")
+    if tcfg.get("schedule", "poly") not in SCHEDULES:
+      raise ConfigError(f"train.schedule {tcfg.schedule!r} is not one of {SCHEDULES}.")
     loss_options(tcfg)
   ev = config.get("eval", None)
   if ev is not None and ev.get("blend", "gaussian") not in inference.BLENDS:
@@ -147,9 +153,6 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   norm = config.data.get("normalization", "nnunet")
   if norm not in preprocess.SCHEMES:
     raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")
-    if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
-      raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
-                        f"{optim.UPDATE_SCALINGS}.")
   specs = resolve_domains(config)
   ext = config.get("extend", None)
   if ext is not None and split_names(ext.get("new_domains", "")) and not config.get(
