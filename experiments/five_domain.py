@@ -102,6 +102,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.overlap = 0.5
   c.eval.mirror = False
   c.eval.blend = "gaussian"            # window blend: gaussian (nnU-Net) | official (inference.py)
+  c.eval.postprocess = "none"          # none | official (closing + largest 1-2 components)
   c.eval.window_batch = 4
   c.eval.max_cases = 0                 # 0 = all validation cases
   c.eval.during_training_max_cases = 0  # evaluations every eval_every steps (0 = max_cases)
@@ -148,6 +149,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.max_to_keep = 3
     c.eval.window_batch = 2
     c.eval.blend = "official"
+    c.eval.postprocess = "official"
   elif preset == "smoke":
     c.data.tasks = "heart,prostate"
     c.data.patch_size = (16, 16, 16)

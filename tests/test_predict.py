@@ -355,3 +355,21 @@ def test_output_never_overwrites_the_input(bad_inputs):
   shutil.copy(src, copy / "heart.nii.gz")
   with pytest.raises(InputError, match="would overwrite the input"):
     predict.plan_cases(str(copy), str(copy), plan)
+
+
+def test_official_postprocessing_closes_keeps_the_largest_and_two_when_close_in_size():
+  labels = np.zeros((12, 12, 12), np.uint8)
+  labels[1:6, 1:6, 1:6] = 1      # 125 voxels with a one-voxel hole ...
+  labels[3, 3, 3] = 0            # ... that the closing fills
+  labels[8:11, 8:11, 8:11] = 1   # 27 voxels: 27·10 > 125, a second component
+  labels[10, 1, 10] = 1          # 1 voxel: never kept
+  labels[8:10, 1:3, 1:3] = 2     # class 2: one component, untouched
+  one = postprocess.official(labels, 3, components=1)
+  assert one[3, 3, 3] == 1 and one[9, 9, 9] == 0 and one[10, 1, 10] == 0
+  assert (one == 1).sum() == 125 and (one == 2).sum() == 8
+  two = postprocess.official(labels, 3, components=2)
+  assert two[9, 9, 9] == 1 and two[10, 1, 10] == 0 and (two == 1).sum() == 125 + 27
+  labels[8:11, 8:11, 8:11] = 0
+  labels[9, 9, 9:11] = 1         # 2 voxels: 2·10 < 125, dropped even with two
+  assert postprocess.official(labels, 3, components=2)[9, 9, 9] == 0
+  assert postprocess.OFFICIAL_COMPONENTS["prostate"] == 2

@@ -91,6 +91,7 @@ def test_msd_preset_counts_the_official_dense_downsampling():
     ("train.schedule", "cosine", "train.schedule 'cosine'"),
     ("train.lovasz_classes", "some", "train.lovasz_classes 'some'"),
     ("eval.blend", "box", "eval.blend 'box'"),
+    ("eval.postprocess", "lcc", "eval.postprocess 'lcc'"),
     ("data.normalization", "zscore", "data.normalization 'zscore'"),
 ])
 def test_validate_names_the_bad_option(key, value, message):

@@ -102,6 +102,7 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
 
 LOVASZ_CLASSES = ("present", "all")
 SCHEDULES = ("constant", "poly", "plateau", "loss_plateau")
+EVAL_POSTPROCESS = ("none", "official")
 
 
 def loss_options(tcfg) -> dict:
@@ -150,6 +151,8 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   ev = config.get("eval", None)
   if ev is not None and ev.get("blend", "gaussian") not in inference.BLENDS:
     raise ConfigError(f"eval.blend {ev.blend!r} is not one of {inference.BLENDS}.")
+  if ev is not None and ev.get("postprocess", "none") not in EVAL_POSTPROCESS:
+    raise ConfigError(f"eval.postprocess {ev.postprocess!r} is not one of {EVAL_POSTPROCESS}.")
   norm = config.data.get("normalization", "nnunet")
   if norm not in preprocess.SCHEMES:
     raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")

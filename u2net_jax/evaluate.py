@@ -2,6 +2,8 @@
 
 Metrics are computed on the preprocessed grid with its spacing (mm): Dice,
 HD95 and normalized surface Dice per foreground class, averaged over cases.
+`eval.postprocess=official` applies the official code's post-processing
+(`postprocess.official`) to each prediction first; 'none' (default) does not.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from u2net_jax import metrics, stream
+from u2net_jax import metrics, postprocess, stream
 from u2net_jax.domains import DomainSpec
 
 
@@ -33,6 +35,8 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
   tol = float(eval_cfg.get("surface_tolerance_mm", 2.0))
   for ex in examples:
     pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels)
+    if eval_cfg.get("postprocess", "none") == "official":
+      pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
     label = np.asarray(ex["label"])
     spacing = tuple(float(s) for s in ex["spacing"])
     d = metrics.dice(pred, label, k)

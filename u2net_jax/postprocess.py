@@ -7,6 +7,18 @@ Whether to do it is decided per class on the validation cases (`decide`): a
 class gets it only if it raises that class's mean validation Dice (strictly).
 Decisions are stored per domain, with the checkpoint step they were made for,
 in `<workdir>/postprocessing.json` (`read_decision` / `write_decision`).
+
+`official(labels, num_classes, components)` is the official 3D U²-Net code's
+post-processing (`evaluate.post_processing`, `utils.get_largest_one_component`
+/ `get_largest_two_component`), used by evaluation with
+`eval.postprocess=official`: per foreground class in id order, a binary closing
+(18-connectivity), then its largest 18-connected component — or, for
+hippocampus and prostate (`OFFICIAL_COMPONENTS`), the largest two when the
+second is over a tenth of the first; a later class overwrites an earlier one.
+Not reproduced (FIDELITY.md): the mask by the image's channel 0 > 0 before
+normalization (HU > 0 for CT), which our datasets do not store, and the
+spleen-only zeroing of the upper half of the last array axis, which depends on
+the array orientation of the source files.
 """
 
 from __future__ import annotations
@@ -22,6 +34,35 @@ from u2net_jax import metrics
 
 DECISIONS_FILE = "postprocessing.json"
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
+_OFFICIAL_STRUCTURE = ndimage.generate_binary_structure(3, 2)  # 18-connectivity
+# evaluate.post_processing: largest one component for heart, liver, pancreas,
+# spleen; largest two for the others (hippocampus, prostate).
+OFFICIAL_COMPONENTS = {"heart": 1, "liver": 1, "pancreas": 1, "spleen": 1,
+                       "hippocampus": 2, "prostate": 2}
+
+
+def _largest(mask: np.ndarray, components: int) -> np.ndarray:
+  """The official get_largest_one/two_component (threshold None) of a binary mask."""
+  comp, n = ndimage.label(mask, structure=_OFFICIAL_STRUCTURE)
+  if n <= 1:
+    return mask
+  sizes = np.bincount(comp.ravel())[1:]
+  order = np.argsort(sizes, kind="stable")[::-1]
+  keep = [order[0] + 1]
+  if components == 2 and sizes[order[1]] * 10 > sizes[order[0]]:
+    keep.append(order[1] + 1)
+  return np.isin(comp, keep)
+
+
+def official(labels: np.ndarray, num_classes: int, components: int = 1) -> np.ndarray:
+  """The official post-processing (module docstring) of (D, H, W) class ids -> uint8."""
+  if components not in (1, 2):
+    raise ValueError(f"components must be 1 or 2, got {components}.")
+  out = np.zeros(labels.shape, np.uint8)
+  for c in range(1, num_classes):
+    mask = ndimage.binary_closing(labels == c, structure=_OFFICIAL_STRUCTURE)
+    out[_largest(mask, components)] = c
+  return out
 
 
 def keep_largest(labels: np.ndarray, classes: Iterable[int]) -> np.ndarray:
