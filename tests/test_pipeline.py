@@ -166,3 +166,138 @@ def test_pipeline_throughput_is_reported():
   rate = n / (time.perf_counter() - t0)
   print(f"\npipeline: {rate:.1f} patches/s (48³, augmentation on, 2 threads)")
   assert n == 20
+
+
+# -- official sampling (sampling='official') ---------------------------------
+
+_NO_AUG = augment.AugmentConfig(enabled=False)
+_OFFICIAL_AUG = augment.AugmentConfig(
+    p_rotate=0.3, rotate_axes=(0,), angle_range_deg=(0.0, 360.0), p_scale=0.5,
+    scale_mode="official", scale_range=(0.75, 1.25), p_flip=0.15, flip_axes=(2,),
+    p_elastic=0.3, elastic_mode="official", image_order=3, p_gamma=0.0, p_brightness=0.0,
+    p_contrast=0.0, p_noise=0.0)
+
+
+def test_official_kind_follows_gen_batch():
+  kind = pipeline.official_kind
+  # Batch 2: ceil(2/3) = 1 and `i <= 1` holds for both samples.
+  assert [kind(j, 2, 0.9, True, True) for j in (0, 1)] == ["fore", "fore"]
+  assert kind(1, 2, 0.1, True, True) == "small"
+  assert kind(1, 2, 0.1, False, True) == "fore"
+  assert kind(0, 2, 0.5, False, False) is None  # official: next case from the queue
+  # Batch 9: samples 0..3 (4 of 9) forced; later ones by u.
+  assert kind(3, 9, 0.5, True, True) == "fore" and kind(4, 9, 0.5, True, True) == "any"
+  assert kind(4, 9, 0.1, True, True) == "small" and kind(4, 9, 0.8, True, True) == "fore"
+  assert kind(4, 9, 0.1, False, True) == "any"  # smallest class absent: 1-u < 0.3 fails
+  assert kind(4, 9, 0.8, True, False) == "any"
+  assert kind(2, 3, 0.5, True, True) == "any"   # batch 3: samples 0, 1 forced
+  assert kind(4, 9, 0.8, True, True, fore_prob=0.0) == "any"  # spleen: 0 / 0
+
+
+def test_official_center_hand_cases():
+  rng = np.random.default_rng(0)
+  ctr = pipeline.official_center
+  # p 8, voxel 20 of 40: randint(20-3, 20+3) = 17..22, patch start ctr-4.
+  draws = {ctr(40, 8, rng, 20) for _ in range(300)}
+  assert draws == set(range(17, 23))
+  # Voxel at index 0: low = upper = p/2-1 = 3, the patch starts at -1 (one zero slice).
+  assert ctr(40, 8, rng, 0) == 3
+  # Last voxel: low = upper = n-p/2 = 36, patch [32, 40) inside.
+  assert ctr(40, 8, rng, 39) == 36
+  # 'any': randint(4, 36), the patch inside [0, 40).
+  assert {ctr(40, 8, rng) for _ in range(500)} == set(range(4, 36))
+  # Volume 5 < patch 8: padded by 2 each side to 9 (pad2gePatch); 'any' centre 4-2 = 2.
+  assert ctr(5, 8, rng) == 2 and {ctr(5, 8, rng, 2) for _ in range(100)} <= {1, 2, 3}
+
+
+def test_official_sampling_batch_2_every_patch_holds_foreground():
+  for cfg in (_NO_AUG, _OFFICIAL_AUG):
+    s = _sampler(sampling="official", augment_cfg=cfg)
+    for step in range(12):
+      b = s.batch(step)
+      assert all(b["label"][i].max() > 0 for i in range(2)), (step, cfg.enabled)
+
+
+def test_official_foreground_voxel_spreads_over_the_patch():
+  # One foreground voxel at (15, 15, 15); patch 8³: it lands at index 2..7 per axis.
+  label = np.zeros((30, 30, 30), np.uint8)
+  label[15, 15, 15] = 1
+  image = np.ones((30, 30, 30, 1), np.float32)
+  case = pipeline.make_case("one", image, label, 2)
+  s = pipeline.PatchSampler({"heart": [case]}, (HEART,), patch_size=(8, 8, 8), batch_size=2,
+                            sampling="official", augment_cfg=_NO_AUG)
+  pos = np.array([np.argwhere(b == 1)[0] for step in range(60) for b in s.batch(step)["label"]])
+  for ax in range(3):
+    assert set(pos[:, ax]) == set(range(2, 8)), (ax, sorted(set(pos[:, ax])))
+
+
+def test_official_smallest_class_oversampling():
+  # Prostate-like: class 1 everywhere in a slab, class 2 one voxel (the smallest by default).
+  label = np.zeros((20, 20, 20), np.uint8)
+  label[:, :, :10] = 1
+  label[5, 5, 15] = 2
+  case = pipeline.make_case("p", np.ones((20, 20, 20, 2), np.float32), label, 3)
+  kw = dict(patch_size=(6, 6, 6), batch_size=3, sampling="official", augment_cfg=_NO_AUG)
+  s = pipeline.PatchSampler({"prostate": [case]}, (PROSTATE,), small_class_prob=1.0, **kw)
+  assert all(np.any(b == 2) for step in range(10) for b in s.batch(step)["label"])
+  # The official code's prostate exception: PZ (1) is the "smallest" class.
+  s = pipeline.PatchSampler({"prostate": [case]}, (PROSTATE,), small_class_prob=1.0,
+                            small_classes={"prostate": 1}, **kw)
+  assert all(np.any(b == 1) for step in range(10) for b in s.batch(step)["label"])
+  # Probability 0: only forced samples (0, 1 of 3) hold foreground, drawn from all of it.
+  s = pipeline.PatchSampler({"prostate": [case]}, (PROSTATE,), small_class_prob=0.0,
+                            fore_prob=0.0, **kw)
+  labels = [s.batch(step)["label"] for step in range(10)]
+  assert all(b[:2].max() > 0 for b in labels) and not any(np.any(b[:2] == 2) for b in labels)
+  assert pipeline.parse_class_map(" prostate:1, heart:1") == {"prostate": 1, "heart": 1}
+  assert pipeline.parse_class_map("") == {}
+  with pytest.raises(ValueError, match="prostate=1"):
+    pipeline.parse_class_map("prostate=1")
+  with pytest.raises(ValueError, match="small class 3 of domain 'prostate'"):
+    pipeline.PatchSampler({"prostate": [case]}, (PROSTATE,), small_classes={"prostate": 3},
+                          **kw)
+  with pytest.raises(ValueError, match="sampling 'nnUNet'"):
+    pipeline.PatchSampler({"prostate": [case]}, (PROSTATE,), **dict(kw, sampling="nnUNet"))
+
+
+def test_official_forced_sample_skips_cases_without_foreground():
+  empty = pipeline.make_case("empty", np.ones((12, 12, 12, 1), np.float32),
+                             np.zeros((12, 12, 12), np.uint8), 2)
+  label = np.zeros((12, 12, 12), np.uint8)
+  label[3, 4, 5] = 1
+  full = pipeline.make_case("fg", np.ones((12, 12, 12, 1), np.float32), label, 2)
+  s = pipeline.PatchSampler({"heart": [empty, full, empty]}, (HEART,), patch_size=(6, 6, 6),
+                            batch_size=2, sampling="official", augment_cfg=_NO_AUG)
+  for step in range(10):
+    b = s.batch(step)
+    assert np.all(b["case"] == 1) and all(b["label"][i].max() == 1 for i in range(2))
+
+
+def test_official_sampling_is_a_pure_function_of_seed_and_step():
+  a = _sampler(sampling="official", augment_cfg=_OFFICIAL_AUG, batch_size=3)
+  b = _sampler(sampling="official", augment_cfg=_OFFICIAL_AUG, batch_size=3)
+  for step in (4, 0, 3):
+    x, y = a.batch(step), b.batch(step)
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+  full = [x["label"] for x in a.iterate(0, 4)]
+  resumed = [x["label"] for x in b.iterate(2, 2)]
+  np.testing.assert_array_equal(full[2], resumed[0])
+  np.testing.assert_array_equal(full[3], resumed[1])
+
+
+def test_official_any_patch_is_redrawn_when_all_zero():
+  # Image non-zero only where x < 8; an 'any' patch (sample 2 of 3, probabilities 0)
+  # starting at x >= 8 is all zero and drawn again, as cc_augment.py L190–194.
+  image = np.zeros((20, 20, 20, 1), np.float32)
+  image[:, :, :8] = 1.0
+  label = np.zeros((20, 20, 20), np.uint8)
+  label[10, 10, 2] = 1
+  case = pipeline.make_case("z", image, label, 2)
+  s = pipeline.PatchSampler({"heart": [case]}, (HEART,), patch_size=(6, 6, 6), batch_size=3,
+                            sampling="official", small_class_prob=0.0, fore_prob=0.0,
+                            augment_cfg=_NO_AUG)
+  assert all(s.batch(step)["image"][2].max() > 0 for step in range(20))
+  # Without the redraw about 6/14 of them would be empty: the case is a real test.
+  starts = [pipeline.official_center(20, 6, np.random.default_rng(k)) - 3 for k in range(200)]
+  assert 0.3 < np.mean(np.array(starts) >= 8) < 0.55

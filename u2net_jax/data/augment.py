@@ -128,10 +128,10 @@ def draw_scale(rng: np.random.Generator, cfg: AugmentConfig) -> float:
   """Zoom factor applied to the sampling coordinates (> 1: zoom out)."""
   lo, hi = cfg.scale_range
   if cfg.scale_mode == "official":
-    # cc_augment.py L75–78, including its `scale[0] < 1` guard.
-    if rng.random() < 0.5 and lo < 1:
-      return float(rng.uniform(lo, 1.0))
-    return float(rng.uniform(max(lo, 1.0), hi))
+    # cc_augment.py L75–78, including its `scale[0] < 1` guard; a + (b-a)·U as
+    # np.random.uniform, which also accepts b < a (a range below 1).
+    a, b = (lo, 1.0) if rng.random() < 0.5 and lo < 1 else (max(lo, 1.0), hi)
+    return float(a + (b - a) * rng.random())
   return float(rng.uniform(lo, hi))
 
 
