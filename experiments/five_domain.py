@@ -88,6 +88,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.train.lovasz_classes = "present"   # lovasz*: 'present' or 'all' (official)
   c.train.focal_detach = False         # focal*: no gradient through (1-p)^γ (official)
   c.train.fg_fraction = 0.5            # patches centred on foreground (nnU-Net: 1/3)
+  # 'official': the official code's batch rule and placement (data/pipeline.py):
+  # the first ceil(B/3)+1 samples hold foreground (smallest class with
+  # small_class_prob), the rest smallest/foreground/random; fg anywhere in the patch.
+  c.train.sampling = "nnunet"
+  c.train.small_class_prob = 0.3
+  c.train.fore_prob = 0.3
+  c.train.small_classes = ""           # 'domain:class,...'; default the highest class id
   c.train.domain_weights = ""          # '' = round-robin; else e.g. '1,1,2,1,1'
   c.train.freeze_shared = False
   c.train.frozen_domains = ""
@@ -109,10 +116,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.surface_tolerance_mm = 2.0
 
   # Off for the short synthetic run (it learns faster without); on for msd.
+  # The official code's transforms are options (u2net_jax/data/augment.py; the
+  # msd preset below sets them).
   c.augment = ml_collections.ConfigDict(dict(
-      enabled=False, p_flip=0.5, p_rotate=0.2, max_angle_deg=15.0, p_scale=0.2,
-      scale_range=(0.85, 1.25), p_elastic=0.0, p_gamma=0.3, p_brightness=0.15,
-      p_contrast=0.15, p_noise=0.1))
+      enabled=False, p_flip=0.5, flip_axes=(0, 1, 2), p_rotate=0.2, rotate_axes=(0, 1, 2),
+      max_angle_deg=15.0, angle_range_deg=(), p_scale=0.2, scale_range=(0.85, 1.25),
+      scale_mode="uniform", p_elastic=0.0, elastic_mode="fixed",
+      elastic_alpha_range=(0.0, 750.0), elastic_sigma_range=(10.0, 13.0), image_order=1,
+      p_gamma=0.3, p_brightness=0.15, p_contrast=0.15, p_noise=0.1))
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = False        # jax.distributed.initialize() (auto on Cloud TPU)
@@ -138,8 +149,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.focal_detach = True
     c.train.grad_clip = 0.0
     c.model.downsample = "dense"
-    c.train.fg_fraction = 1 / 3
-    c.augment.enabled = True
+    c.train.fg_fraction = 1 / 3          # unused with official sampling
+    c.train.sampling = "official"        # train.py gen_batch + cc_augment.py placement
+    c.train.small_classes = "prostate:1"  # cc_augment.py: PZ is prostate's "small" class
+    c.augment.update(dict(               # data_utils.py augment_patch, config.py
+        enabled=True, p_rotate=0.3, rotate_axes=(0,), angle_range_deg=(0.0, 360.0),
+        p_scale=0.5, scale_mode="official", scale_range=(0.75, 1.25),
+        p_flip=0.15, flip_axes=(2,), p_elastic=0.3, elastic_mode="official",
+        elastic_alpha_range=(0.0, 750.0), elastic_sigma_range=(10.0, 13.0), image_order=3,
+        p_gamma=0.0, p_brightness=0.0, p_contrast=0.0, p_noise=0.0))
     c.train.weight_decay = 5e-4
     c.train.weight_decay_mode = "l2"
     c.train.schedule = "loss_plateau"

@@ -48,12 +48,17 @@ VARIANTS = {
 TABLE_ROWS = {"table: added (Adam 2e-2)": "separable_add_spleen",
               "table: independent spleen model": "separable_add_spleen/seed{seed}/independent_spleen"}
 
-flags.DEFINE_list("variants", list(VARIANTS), "Variants to run, of " + ",".join(VARIANTS))
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (the base runs of these seeds must exist).")
-flags.DEFINE_string("table_workdir", "runs/paper_table", "The paper table's runs.")
-flags.DEFINE_string("workdir", "runs/new_domain_ablation", "Where the variants' runs go.")
-flags.DEFINE_string("results_dir", "results", "Where new_domain_ablation.{json,md} go.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Only when run as a script: tests import this module beside paper_table.py,
+  whose flags have the same names."""
+  flags.DEFINE_list("variants", list(VARIANTS), "Variants to run, of " + ",".join(VARIANTS))
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (the base runs of these seeds must exist).")
+  flags.DEFINE_string("table_workdir", "runs/paper_table", "The paper table's runs.")
+  flags.DEFINE_string("workdir", "runs/new_domain_ablation", "Where the variants' runs go.")
+  flags.DEFINE_string("results_dir", "results", "Where new_domain_ablation.{json,md} go.")
 
 STEPS, EVAL_EVERY, CURVE_CASES, DOMAIN = 125, 25, 3, "spleen"
 
@@ -164,4 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -20,10 +20,19 @@ def cli(*args, env=None, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def data_dir(tmp_path_factory) -> str:
+  """The session's TFDS data_dir for smoke-sized synthetic domains (built on first use).
+
+  Every test that trains on `:smoke` sizes reads the same built datasets (a
+  dataset's name encodes its sizes, so other sizes are built beside them).
+  """
+  return str(tmp_path_factory.getbasetemp() / "tfds_smoke")
+
+
 def trained(tmp_path_factory) -> tuple[str, str]:
   """(workdir, TFDS data_dir) of a trained smoke run (heart + prostate)."""
   root = tmp_path_factory.getbasetemp() / "smoke_predict"
-  workdir, data_dir = str(root / "work"), str(root / "tfds")
+  workdir, data_dir = str(root / "work"), globals()["data_dir"](tmp_path_factory)
   done = root / "DONE"
   if not done.exists():
     proc = cli("--config=experiments/five_domain.py:smoke", f"--workdir={workdir}",

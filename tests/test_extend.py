@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import smoke_workdir
 from u2net_jax import config_utils, train
 from u2net_jax.errors import CheckpointError, ConfigError
 
@@ -34,7 +35,7 @@ def _config(module, data_dir, **overrides):
 def runs(tmp_path_factory):
   """A smoke base run (heart, prostate) and spleen added to it."""
   root = tmp_path_factory.mktemp("extend")
-  data_dir = str(root / "tfds")
+  data_dir = smoke_workdir.data_dir(tmp_path_factory)
   base = str(root / "base")
   base_summary = train.train_and_evaluate(_config(five_domain, data_dir), base)
   added = str(root / "added")

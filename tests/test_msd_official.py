@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+import smoke_workdir
 from u2net_jax import config_utils, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,19 +46,23 @@ def msd_smoke_config(data_dir):
   return c
 
 
-def test_msd_official_options_train_and_evaluate_on_synthetic_data(tmp_path):
-  config = msd_smoke_config(str(tmp_path / "tfds"))
+def test_msd_official_options_train_and_evaluate_on_synthetic_data(tmp_path, tmp_path_factory):
+  config = msd_smoke_config(smoke_workdir.data_dir(tmp_path_factory))
   official = five_domain.get_config("msd")
   # The run really uses the preset's official choices.
   for key in ("train.loss", "train.lovasz_classes", "train.focal_detach", "train.grad_clip",
               "train.schedule", "train.domain_updates", "train.weight_decay_mode",
-              "model.downsample", "model.compute_dtype", "eval.blend", "eval.postprocess"):
+              "train.sampling", "train.small_classes", "model.downsample",
+              "model.compute_dtype", "eval.blend", "eval.postprocess"):
     section, leaf = key.split(".")
     assert config[section][leaf] == official[section][leaf], key
   assert (config.train.loss, config.train.lovasz_classes, config.train.focal_detach) == (
       "lovasz_focal", "all", True)
   assert config.train.schedule == "loss_plateau" and config.train.grad_clip == 0.0
   assert (config.eval.blend, config.eval.postprocess) == ("official", "official")
+  assert config.train.sampling == "official" and config.augment.to_dict() == \
+      official.augment.to_dict()
+  assert (config.augment.elastic_mode, config.augment.image_order) == ("official", 3)
   config_utils.validate(config)
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir)

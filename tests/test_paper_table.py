@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+import smoke_workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_table  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -19,7 +20,7 @@ SETTINGS = ["independent", "shared", "series_adapter", "parallel_adapter", "sepa
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_paper_table_smoke_writes_a_well_formed_table(tmp_path):
+def test_paper_table_smoke_writes_a_well_formed_table(tmp_path, tmp_path_factory):
   # Two seeds of the separable setting + the new domain and its independent
   # model (6 real runs of 2 steps, ~4 min on a busy 2-core CPU); every row and
   # the training order are covered with a fake trainer below.
@@ -27,7 +28,8 @@ def test_paper_table_smoke_writes_a_well_formed_table(tmp_path):
   cmd = [sys.executable, "experiments/paper_table.py", "--preset=smoke", "--steps=2",
          "--eval_every=1", "--seeds=0,1", "--settings=separable",
          f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}",
-         f"--config_overrides=data.data_dir={tmp_path / 'tfds'},eval.max_cases=1"]
+         f"--config_overrides=data.data_dir={smoke_workdir.data_dir(tmp_path_factory)},"
+         "eval.max_cases=1"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

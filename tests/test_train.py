@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import smoke_workdir
 from u2net_jax import config_utils, layers, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+  return smoke_workdir.data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from u2net_jax import inference
 from u2net_jax import layers
 from u2net_jax import losses
 from u2net_jax import optim
-from u2net_jax.data import preprocess
+from u2net_jax.data import pipeline, preprocess
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
 
@@ -148,6 +148,8 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
     if tcfg.get("schedule", "poly") not in SCHEDULES:
       raise ConfigError(f"train.schedule {tcfg.schedule!r} is not one of {SCHEDULES}.")
     loss_options(tcfg)
+    if tcfg.get("sampling", "nnunet") not in pipeline.SAMPLINGS:
+      raise ConfigError(f"train.sampling {tcfg.sampling!r} is not one of {pipeline.SAMPLINGS}.")
   ev = config.get("eval", None)
   if ev is not None and ev.get("blend", "gaussian") not in inference.BLENDS:
     raise ConfigError(f"eval.blend {ev.blend!r} is not one of {inference.BLENDS}.")

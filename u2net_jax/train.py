@@ -368,7 +368,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       cases, specs, patch_size=patch, batch_size=batch, seed=int(config.seed),
       fg_fraction=float(tcfg.fg_fraction),
       augment_cfg=augment.AugmentConfig.from_config(config.get("augment")),
-      domain_weights=weights, num_shards=num_shards, pad_channels_to=channels)
+      domain_weights=weights, num_shards=num_shards, pad_channels_to=channels,
+      sampling=str(tcfg.get("sampling", "nnunet")),
+      small_class_prob=float(tcfg.get("small_class_prob", 0.3)),
+      fore_prob=float(tcfg.get("fore_prob", 0.3)),
+      small_classes=pipeline.parse_class_map(tcfg.get("small_classes", "")))
 
   # -- compile ----------------------------------------------------------------
   data_sharding = NamedSharding(mesh, P("data"))
