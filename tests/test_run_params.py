@@ -84,7 +84,8 @@ def test_missing_config_file_is_one_clear_line(tmp_path):
 
 
 def test_msd_preset_counts_the_official_dense_downsampling():
-  # Issue #14: `--mode=params` of :msd = the official architecture's count.
+  # `--mode=params` of :msd counts the official dense downsampling (our count:
+  # no biases where an instance norm follows; FIDELITY.md).
   assert param_table.count(five_domain.get_config("msd"))["total"] == 6_550_404
 
 
