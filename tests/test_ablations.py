@@ -1,4 +1,4 @@
-"""experiments/new_domain_ablation.py: its variants are the table's extension plus one change."""
+"""experiments/new_domain_ablation.py and gap_ablation.py: variants are the table's configs plus one change."""
 
 import json
 import os
@@ -66,3 +66,29 @@ def test_missing_base_runs_are_a_clear_error(tmp_path):
   assert proc.returncode == 2
   assert "paper_table.py" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "r").exists() and not (tmp_path / "w").exists()
+
+
+def test_gap_ablation_variants_are_the_table_separable_config_plus_one_change(tmp_path):
+  from experiments import five_domain, gap_ablation  # pylint: disable=g-import-not-at-top
+  table = settings.setting_config(five_domain, "", "separable", gap_ablation.STEPS, []).to_dict()
+  for name, overrides in gap_ablation.VARIANTS.items():
+    c = gap_ablation.variant_config(name, 2).to_dict()
+    diff = _differences(table, c)
+    assert set(diff) <= {"seed", "train.eval_every", "eval.during_training_max_cases",
+                         *overrides}, (name, diff)
+    assert c["seed"] == 2 and c["train"]["steps"] == 500
+  assert gap_ablation.variant_config("wide_f16", 0).model.features_root == 16
+  # An incomplete run (step < 500) is not a result.
+  (tmp_path / "eval").mkdir()
+  (tmp_path / "eval" / "summary.json").write_text(json.dumps(
+      {"step": 300, "domains": {"heart": {"mean_dice": 0.5}}}))
+  assert gap_ablation.run_result(str(tmp_path)) is None
+  (tmp_path / "eval" / "summary.json").write_text(json.dumps(
+      {"step": 500, "domains": {"heart": {"mean_dice": 0.5}, "liver": {"mean_dice": 0.7}},
+       "params": {"total": 10}}))
+  r = gap_ablation.run_result(str(tmp_path))
+  assert r["final"] == 0.6 and r["params"] == 10 and r["curve"] == [[500, 0.6]]
+  md = gap_ablation.render({"wide_f16": {"overrides": {"model.features_root": "16"},
+                                         "seeds": {0: r, 1: None}}},
+                           {"command": "c", "machine": "m", "date": "d", "seeds": [0, 1]})
+  assert "| wide_f16 | model.features_root=16 | 10 | 1/2 | 0.600 (one seed) | 500: 0.600 |" in md
