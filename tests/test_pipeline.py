@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from u2net_jax import rescale
 from u2net_jax.data import augment, pipeline
 from u2net_jax.domains import DomainSpec
 
@@ -301,3 +302,46 @@ def test_official_any_patch_is_redrawn_when_all_zero():
   # Without the redraw about 6/14 of them would be empty: the case is a real test.
   starts = [pipeline.official_center(20, 6, np.random.default_rng(k)) - 3 for k in range(200)]
   assert 0.3 < np.mean(np.array(starts) >= 8) < 0.55
+
+
+# -- source patches (the official unifyPatch='resize') ---------------------------------
+
+_SPATIAL_ONLY = augment.AugmentConfig(p_rotate=0.5, p_scale=0.5, p_gamma=0.0, p_brightness=0.0,
+                                      p_contrast=0.0, p_noise=0.0)
+
+
+@pytest.mark.parametrize("sampling, cfg", [("nnunet", _SPATIAL_ONLY), ("official", _OFFICIAL_AUG)])
+def test_source_patch_is_cut_and_augmented_at_its_size_then_resized(sampling, cfg):
+  """Heart patches: exactly the source-size sampler's patches, resized to the model's;
+  prostate (no source patch) exactly the plain sampler's."""
+  src = (8, 12, 10)
+  kw = dict(batch_size=3, seed=3, augment_cfg=cfg, sampling=sampling)
+  resized = _sampler(patch_size=(16, 16, 16), source_patches={"heart": src, "spleen": (4, 4, 4)},
+                     **kw)
+  at_source = _sampler(patch_size=src, **kw)
+  plain = _sampler(patch_size=(16, 16, 16), **kw)
+  assert resized.source_patch == {"heart": src, "prostate": (16, 16, 16)}
+  foreground = 0
+  for step in (0, 2, 4):  # heart steps
+    got, ref = resized.batch(step), at_source.batch(step)
+    assert got["image"].shape == (3, 16, 16, 16, 2) and got["label"].shape == (3, 16, 16, 16)
+    for i in range(3):
+      lab = rescale.resize_label(ref["label"][i], (16, 16, 16))
+      np.testing.assert_array_equal(got["label"][i], lab)
+      np.testing.assert_allclose(got["image"][i, ..., 0],
+                                 rescale.resize_image(ref["image"][i, ..., 0], (16, 16, 16)),
+                                 atol=1e-6)
+      foreground += int(lab.any())
+    assert np.all(got["image"][..., 1] == 0)  # heart's channel padding survives
+    np.testing.assert_array_equal(got["case"], ref["case"])
+  assert foreground > 0
+  got, ref = resized.batch(1), plain.batch(1)  # prostate
+  np.testing.assert_array_equal(got["image"], ref["image"])
+  np.testing.assert_array_equal(got["label"], ref["label"])
+  # Still a pure function of (seed, step).
+  np.testing.assert_array_equal(resized.batch(4)["image"], resized.batch(4)["image"])
+
+
+def test_bad_source_patch_is_a_clear_error():
+  with pytest.raises(ValueError, match="source patch .* of domain 'heart'"):
+    _sampler(source_patches={"heart": (0, 8, 8)})

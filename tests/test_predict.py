@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import config_utils, inference, inputs, plans, postprocess, predict, stream
+from u2net_jax import config_utils, inference, inputs, plans, postprocess, predict, rescale
+from u2net_jax import stream
 from u2net_jax.errors import ConfigError, InputError
 
 
@@ -242,6 +243,31 @@ def test_largest_component_rule():
   assert not postprocess.decide([two], [two], ["bg", "organ"])["organ"]["apply"]
 
 
+def test_predictor_with_a_source_patch_predicts_through_the_official_resize(tmp_path):
+  """Predictor.predict_volume (predict, exports, review) = rescale.predict_labels; a
+  whole scan still lands on its own grid."""
+  plan = _plan((2.5, 1.7, 0.9))
+  p = _threshold_predictor(plan)
+  p.source_patch = (4, 6, 4)
+  seen = []
+  fn = p.fn
+  p.fn = lambda x: (seen.append(x.shape), fn(x))[1]
+  image = phantom()[..., None] - 2.0  # the box > 0, the rest < 0
+  stats = {}
+  labels, probs = p.predict_volume(image, keep_probabilities=True, stats=stats)
+  assert seen and all(s[1:4] == (8, 8, 8) for s in seen)
+  ref, _ = rescale.predict_labels(image, fn, (8, 8, 8), 2, source_patch=(4, 6, 4),
+                                  batch_size=3)
+  np.testing.assert_array_equal(labels, ref)
+  assert labels.shape == image.shape[:3] and probs.shape == image.shape[:3] + (2,)
+  assert stats["resized_grid"] == (60, 34, 40)  # (30, 26, 20) × (8/4, 8/6, 8/4), floored
+  truth = np.zeros(image.shape[:3], np.uint8)
+  truth[8:20, 6:18, 5:14] = 1
+  assert 2 * np.sum(labels & truth) / (labels.sum() + truth.sum()) > 0.95
+  out, _ = predict.segment(phantom()[..., None], (2.5, 1.7, 0.9), p)
+  assert out.shape == (30, 26, 20)
+
+
 # -- with the trained smoke model --------------------------------------------------
 
 def test_training_stored_the_plans_and_they_match_the_dataset_metadata(smoke):
@@ -373,3 +399,33 @@ def test_official_postprocessing_closes_keeps_the_largest_and_two_when_close_in_
   labels[9, 9, 9:11] = 1         # 2 voxels: 2·10 < 125, dropped even with two
   assert postprocess.official(labels, 3, components=2)[9, 9, 9] == 0
   assert postprocess.OFFICIAL_COMPONENTS["prostate"] == 2
+
+
+def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke, tmp_path):
+  from u2net_jax import export, train  # pylint: disable=g-import-not-at-top
+  workdir, _ = smoke
+  config = config_utils.load_config(workdir)
+  _, _, params, specs, step = train.restore_params(config, workdir, needs_data=False)
+  spec = next(s for s in specs if s.name == "heart")
+  plan = plans.read(workdir)["heart"]
+  plain = export.export_domain(config, str(tmp_path / "plain"), spec, plan, params, step,
+                               platforms=("cpu",), log=lambda *_: None)
+  meta = json.load(open(os.path.join(plain, "meta.json")))
+  assert meta["inference"]["source_patch"] is None and meta["format_version"] == 1
+  assert export.load(plain).source_patch is None
+  with config.unlocked():
+    config.data.source_patch = "heart:8x24x16,prostate:4x24x24"
+  path = export.export_domain(config, str(tmp_path / "resized"), spec, plan, params, step,
+                              platforms=("cpu",), log=lambda *_: None)
+  meta = json.load(open(os.path.join(path, "meta.json")))
+  assert meta["inference"]["source_patch"] == [8, 24, 16] and meta["format_version"] == 2
+  assert meta["input"]["shape"] == ["b", 16, 16, 16, 1]  # windows: the model's patch
+  loaded = export.load(path)
+  in_process = predict.from_params(config, spec, plan, params, step)
+  assert loaded.source_patch == in_process.source_patch == (8, 24, 16)
+  image = np.random.default_rng(0).normal(size=(20, 30, 17, 1)).astype(np.float32)
+  stats = {}
+  a, _ = loaded.predict_volume(image, stats=stats)
+  b, _ = in_process.predict_volume(image)
+  assert a.shape == image.shape[:3] and stats["resized_grid"] == (40, 20, 17)
+  assert np.mean(a == b) > 0.999

@@ -12,6 +12,7 @@ from u2net_jax import inference
 from u2net_jax import layers
 from u2net_jax import losses
 from u2net_jax import optim
+from u2net_jax import rescale
 from u2net_jax.data import pipeline, preprocess
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
@@ -158,6 +159,7 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   norm = config.data.get("normalization", "nnunet")
   if norm not in preprocess.SCHEMES:
     raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")
+  rescale.source_patches(config)  # data.source_patch: 'domain:DxHxW,...'
   specs = resolve_domains(config)
   ext = config.get("extend", None)
   if ext is not None and split_names(ext.get("new_domains", "")) and not config.get(

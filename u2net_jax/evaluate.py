@@ -4,6 +4,9 @@ Metrics are computed on the preprocessed grid with its spacing (mm): Dice,
 HD95 and normalized surface Dice per foreground class, averaged over cases.
 `eval.postprocess=official` applies the official code's post-processing
 (`postprocess.official`) to each prediction first; 'none' (default) does not.
+A domain with a source patch (`data.source_patch`) is predicted through the
+official whole-volume resize (`rescale.predict_labels`); metrics stay on the
+preprocessed grid.
 """
 
 from __future__ import annotations
@@ -12,29 +15,38 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from u2net_jax import metrics, postprocess, stream
+from u2net_jax import metrics, postprocess, rescale
 from u2net_jax.domains import DomainSpec
 
 
 def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_cfg,
-                   channels: int | None = None, progress=None) -> np.ndarray:
-  """(D, H, W) uint8 arg-max labels of one volume (bounded-memory sliding window)."""
-  labels, _ = stream.predict_labels(
-      image, predict_fn, patch, spec.num_classes, overlap=float(eval_cfg.overlap),
+                   channels: int | None = None, progress=None,
+                   source_patch=None) -> np.ndarray:
+  """(D, H, W) uint8 arg-max labels of one volume (bounded-memory sliding window).
+
+  `source_patch`: the domain's source patch (resized as the official code), or None.
+  """
+  labels, _ = rescale.predict_labels(
+      image, predict_fn, patch, spec.num_classes, source_patch=source_patch,
+      overlap=float(eval_cfg.overlap),
       batch_size=int(eval_cfg.window_batch), mirror=bool(eval_cfg.mirror), channels=channels,
       blend=str(eval_cfg.get("blend", "gaussian")), progress=progress)
   return labels
 
 
 def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: DomainSpec, patch,
-                    eval_cfg, *, channels: int | None = None) -> dict:
-  """Metrics of one domain over labelled `examples` (dicts: image, label, spacing, case_id)."""
+                    eval_cfg, *, channels: int | None = None, source_patch=None) -> dict:
+  """Metrics of one domain over labelled `examples` (dicts: image, label, spacing, case_id).
+
+  `source_patch`: see `predict_volume`.
+  """
   names = spec.class_names[1:]
   k = spec.num_classes
   dices, hds, sds, per_case = [], [], [], []
   tol = float(eval_cfg.get("surface_tolerance_mm", 2.0))
   for ex in examples:
-    pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels)
+    pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels,
+                          source_patch=source_patch)
     if eval_cfg.get("postprocess", "none") == "official":
       pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
     label = np.asarray(ex["label"])

@@ -11,9 +11,10 @@
                                   domain's, keyed by parameter path;
   meta.json                       the preprocessing plan (spacing,
                                   normalization, CT stats, channel and class
-                                  names, patch size), sliding-window settings,
-                                  the post-processing decision, shapes,
-                                  platforms and versions.
+                                  names, patch size), sliding-window settings
+                                  (incl. the source patch of the official
+                                  resize, `rescale`), the post-processing
+                                  decision, shapes, platforms and versions.
 
 `load(dir)` deserializes the predictor for the current backend and returns a
 `predict.Predictor`: `p(x)` runs windows, `p.predict_volume(image)` a whole
@@ -32,12 +33,14 @@ import uuid
 
 import numpy as np
 
-from u2net_jax import predict
+from u2net_jax import predict, rescale
 from u2net_jax.errors import CheckpointError, ConfigError
 from u2net_jax.plans import DomainPlan
 
 FORMAT = "u2net_jax.export"
-FORMAT_VERSION = 1
+# 2: meta['inference']['source_patch'] may be set (the loader must resize);
+# exports without one are still written as version 1.
+FORMAT_VERSION = 2
 META_FILE = "meta.json"
 WEIGHTS_FILE = "weights.npz"
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -111,11 +114,13 @@ def load(directory: str, *, domain: str = "", platform: str | None = None) -> pr
     weights = jax.device_put({k: npz[k] for k in npz.files})
   call = jax.jit(exported.call)
   inf = meta.get("inference", {})
+  source_patch = inf.get("source_patch")
   decision = meta.get("postprocessing", {}).get("classes")
   return predict.Predictor(
       plan=plan, fn=lambda x: np.asarray(call(weights, np.asarray(x, np.float32))),
       overlap=float(inf.get("overlap", 0.5)), window_batch=int(inf.get("window_batch", 2)),
       mirror=bool(inf.get("mirror", False)), blend=str(inf.get("blend", "gaussian")),
+      source_patch=tuple(int(s) for s in source_patch) if source_patch else None,
       decision=decision,
       step=int(meta.get("source", {}).get("step", 0)), source=os.path.abspath(directory))
 
@@ -174,8 +179,10 @@ def export_domain(config, workdir: str, spec, plan: DomainPlan, params, step: in
         f.write(exported.serialize())
     np.savez(os.path.join(tmp, WEIGHTS_FILE), **weights)
     ev = config.eval
+    source_patch = rescale.for_domain(config, spec.name)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "domain": spec.name,
+        "format": FORMAT, "format_version": FORMAT_VERSION if source_patch else 1,
+        "domain": spec.name,
         "plan": plan.to_dict(),
         "input": {"shape": ["b", *plan.patch_size, plan.in_channels], "dtype": "float32",
                   "layout": "(batch, D, H, W, channel), preprocessed intensities"},
@@ -183,7 +190,10 @@ def export_domain(config, workdir: str, spec, plan: DomainPlan, params, step: in
                    "layout": "(batch, D, H, W, class) softmax probabilities"},
         "inference": {"overlap": float(ev.overlap), "window_batch": int(ev.window_batch),
                       "mirror": bool(ev.mirror), "gaussian_sigma": "patch / 8",
-                      "blend": str(ev.get("blend", "gaussian"))},
+                      "blend": str(ev.get("blend", "gaussian")),
+                      # The official resize: pad to >= source_patch, resize by
+                      # patch_size / source_patch, windows, labels back (nearest).
+                      "source_patch": list(source_patch) if source_patch else None},
         "postprocessing": {
             "rule": "keep the largest connected component of the classes whose "
                     "'apply' is true (it raised their mean validation Dice)",

@@ -2,7 +2,8 @@
 
 One case goes: load (3D, 4D or channel files) → the training preprocessing
 (`preprocess.preprocess_case`: crop to non-zero, resample to the plan's
-spacing, normalize) → streamed sliding window (`stream`, bounded memory) →
+spacing, normalize) → streamed sliding window (`stream`, bounded memory; with a
+source patch, inside the official resize, `rescale`) →
 arg-max → optional largest-component filter → `preprocess.invert_label`
 (back into the crop box, resampled to the source grid) → a uint8 NIfTI with
 the input's affine, header geometry and shape (+ optional probability maps).
@@ -24,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from u2net_jax import inputs, outputs, postprocess, stream
+from u2net_jax import inputs, outputs, postprocess, rescale
 from u2net_jax.data import preprocess
 from u2net_jax.errors import ConfigError, InputError
 from u2net_jax.plans import DomainPlan
@@ -40,6 +41,9 @@ class Predictor:
     plan: the domain's `DomainPlan`.
     fn: (B, P0, P1, P2, C) float32 windows -> (B, P0, P1, P2, K) probabilities.
     overlap, window_batch, mirror, blend: sliding-window settings (config.eval).
+    source_patch: the domain's source patch (D, H, W) when the model was trained
+      on source patches resized to `plan.patch_size` (`data.source_patch`, the
+      official resize, `rescale`); None: windows on the preprocessed grid.
     decision: stored largest-component decision {class: {"apply": bool, ...}},
       or None if not known yet.
     step: checkpoint step the weights come from.
@@ -51,6 +55,7 @@ class Predictor:
   window_batch: int = 2
   mirror: bool = False
   blend: str = "gaussian"
+  source_patch: tuple | None = None
   decision: dict | None = None
   step: int = 0
   source: str = ""
@@ -60,9 +65,14 @@ class Predictor:
 
   def predict_volume(self, image: np.ndarray, *, keep_probabilities: bool = False,
                      progress=None, stats: dict | None = None):
-    """(labels uint8 (D, H, W), float16 probabilities or None) of a preprocessed volume."""
-    return stream.predict_labels(
+    """(labels uint8 (D, H, W), float16 probabilities or None) of a preprocessed volume.
+
+    With a `source_patch`, through the official resize (`rescale.predict_labels`);
+    the outputs are on the volume's grid either way.
+    """
+    return rescale.predict_labels(
         image, self.fn, self.plan.patch_size, self.plan.num_classes,
+        source_patch=self.source_patch,
         keep_probabilities=keep_probabilities, overlap=self.overlap,
         batch_size=self.window_batch, mirror=self.mirror, blend=self.blend, progress=progress,
         stats=stats)
@@ -249,6 +259,7 @@ def from_params(config, spec, plan: DomainPlan, params, step: int, source: str =
   return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
                    overlap=float(ev.overlap), window_batch=int(ev.window_batch),
                    mirror=bool(ev.mirror), blend=str(ev.get("blend", "gaussian")),
+                   source_patch=rescale.for_domain(config, spec.name),
                    step=int(step), source=source)
 
 

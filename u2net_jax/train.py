@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from u2net_jax import checkpoint as ckpt_lib
 from u2net_jax import config_utils, evaluate, extend, layers, logging_utils, losses, models, optim
-from u2net_jax import plans, schedules
+from u2net_jax import plans, rescale, schedules
 from u2net_jax.data import augment, datasets, pipeline
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
 
@@ -208,7 +208,8 @@ def run_evaluation(parts, params, specs, val_examples, config, patch, channels, 
       examples = examples[:max_cases]
     t0 = time.time()
     res = evaluate.evaluate_domain(predict_for(params, i), examples, spec, patch, config.eval,
-                                   channels=channels)
+                                   channels=channels,
+                                   source_patch=rescale.for_domain(config, spec.name))
     log(f"  eval {spec.name}: mean Dice {res['mean_dice']:.3f} "
         f"({res['cases']} cases, {time.time() - t0:.1f} s)")
     out[spec.name] = res
@@ -372,7 +373,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       sampling=str(tcfg.get("sampling", "nnunet")),
       small_class_prob=float(tcfg.get("small_class_prob", 0.3)),
       fore_prob=float(tcfg.get("fore_prob", 0.3)),
-      small_classes=pipeline.parse_class_map(tcfg.get("small_classes", "")))
+      small_classes=pipeline.parse_class_map(tcfg.get("small_classes", "")),
+      source_patches=rescale.source_patches(config))
 
   # -- compile ----------------------------------------------------------------
   data_sharding = NamedSharding(mesh, P("data"))

@@ -17,6 +17,12 @@ patch placement (`official_kind`, `official_center`). Volumes smaller than
 the patch, and patches reaching over the border, are padded with 0
 (background / mean intensity after normalization).
 
+Source patches (`data.source_patch`, the official `unifyPatch='resize'`): a
+domain with one is sampled, placed and spatially augmented at its source patch
+size, then resized to the model's patch (`rescale.resize_image`, cubic;
+`rescale.resize_label`, nearest); intensity augmentation follows, at the
+model's patch.
+
 Batch: {'image': float32 (B, P0, P1, P2, C_max), 'label': int32 (B, P0, P1, P2),
         'domain': int32 (), 'case': int32 (B,)}; channels are zero-padded to the
 largest channel count of all domains so one compiled step serves them all.
@@ -30,6 +36,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from u2net_jax import rescale
 from u2net_jax.data import augment
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError, DataError
@@ -183,6 +190,10 @@ class PatchSampler:
   (`official_center`); a patch that lost its target class or is all zero
   after augmentation is drawn again (new voxel, centre and augmentation), and
   after 10 tries taken unaugmented (flips kept), as cc_augment.py L137–195.
+
+  `source_patches` {domain: (S0, S1, S2)}: those domains' patches are cut at
+  that size and resized to `patch_size` (module docstring); others are cut at
+  `patch_size`. Entries of domains not trained here are ignored.
   """
 
   def __init__(self, cases: dict, domains: Sequence[DomainSpec], *,
@@ -191,7 +202,8 @@ class PatchSampler:
                domain_weights: Sequence[float] | None = None,
                num_shards: int = 1, pad_channels_to: int | None = None,
                sampling: str = "nnunet", small_class_prob: float = 0.3,
-               fore_prob: float = 0.3, small_classes: dict | None = None):
+               fore_prob: float = 0.3, small_classes: dict | None = None,
+               source_patches: dict | None = None):
     """`cases`: {domain: [Case]} (one shard) or {domain: {shard id: [Case]}}."""
     self.domains = tuple(domains)
     self.names = tuple(d.name for d in self.domains)
@@ -211,6 +223,13 @@ class PatchSampler:
       raise ConfigError(f"batch size {batch_size} is not divisible by {num_shards} data shards.")
     self.per_shard = batch_size // self.num_shards
     self.patch_size = tuple(int(p) for p in patch_size)
+    # Per domain: the size patches are cut at (resized to patch_size if it differs).
+    table = dict(source_patches or {})
+    for name, src in table.items():
+      if len(tuple(src)) != 3 or min(int(s) for s in src) <= 0:
+        raise ConfigError(f"source patch {tuple(src)} of domain {name!r} is not 3 positive sizes.")
+    self.source_patch = {n: rescale.source_patch_of(table, n, self.patch_size) or self.patch_size
+                         for n in self.names}
     self.batch_size = self.per_shard * len(self.shard_ids)  # this process's samples
     self.seed = int(seed)
     if not 0 <= fg_fraction <= 1:
@@ -243,21 +262,36 @@ class PatchSampler:
     # Exactly fg_fraction of consecutive samples, deterministically.
     return math.floor((k + 1) * self.fg_fraction + 1e-9) > math.floor(k * self.fg_fraction + 1e-9)
 
-  def sample(self, case: Case, rng: np.random.Generator, foreground: bool):
-    """One augmented (image, label) patch of `case`."""
+  def _to_model_patch(self, img: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A source-size patch resized to `patch_size` (returned as is if already that size)."""
+    if img.shape[:3] == self.patch_size:
+      return img, lab
+    return rescale.resize_image(img, self.patch_size), rescale.resize_label(lab, self.patch_size)
+
+  def sample(self, case: Case, rng: np.random.Generator, foreground: bool, patch=None):
+    """One augmented (image, label) patch of `case` at patch_size.
+
+    Cut and spatially augmented at `patch` (default patch_size), then resized.
+    """
     if foreground and case.fg_coords:
       classes = sorted(case.fg_coords)
       coords = case.fg_coords[classes[rng.integers(len(classes))]]
       center = coords[rng.integers(len(coords))]
     else:
       center = [rng.integers(n) for n in case.label.shape]
-    img, lab = augment.spatial_patch(case.image, case.label, center, self.patch_size, rng,
-                                     self.augment)
+    img, lab = augment.spatial_patch(case.image, case.label, center, patch or self.patch_size,
+                                     rng, self.augment)
+    img, lab = self._to_model_patch(img, lab)
     return augment.intensity(img, rng, self.augment), lab
 
   def official_sample(self, cases: Sequence[Case], ci: int, j: int, small: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sample j of a batch with the official sampling: (image, label, case index)."""
+                      rng: np.random.Generator,
+                      patch=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sample j of a batch with the official sampling: (image, label, case index).
+
+    The patch is cut, checked and augmented at `patch` (default patch_size), not resized.
+    """
+    patch = tuple(patch or self.patch_size)
     u = rng.random()
     batch = self.per_shard * self.num_shards
     kind = official_kind(j, batch, u, small in cases[ci].fg_coords, bool(cases[ci].fg_coords),
@@ -284,8 +318,8 @@ class PatchSampler:
         c = small if kind == "small" else fore[int(rng.choice(len(fore), p=counts / counts.sum()))]
         voxel = case.fg_coords[c][rng.integers(len(case.fg_coords[c]))]
       center = [official_center(n, p, rng, None if v is None else int(v))
-                for n, p, v in zip(case.label.shape, self.patch_size, voxel)]
-      return augment.spatial_patch(case.image, case.label, center, self.patch_size, rng, cfg)
+                for n, p, v in zip(case.label.shape, patch, voxel)]
+      return augment.spatial_patch(case.image, case.label, center, patch, rng, cfg)
 
     def accepted(img, lab):
       target = {"any": True, "fore": np.any(lab > 0), "small": np.any(lab == small)}[kind]
@@ -302,6 +336,7 @@ class PatchSampler:
     """This process's part of the global batch of `step` (its shards' samples)."""
     d = self.domain_index(step)
     name = self.names[d]
+    source = self.source_patch[name]
     images = np.zeros((self.batch_size, *self.patch_size, self.channels), np.float32)
     labels = np.zeros((self.batch_size, *self.patch_size), np.int32)
     case_ids = np.zeros((self.batch_size,), np.int32)
@@ -313,11 +348,12 @@ class PatchSampler:
         rng = np.random.default_rng([self.seed, step, j])
         ci = int(rng.integers(len(cases)))
         if self.sampling == "official":
-          img, lab, ci = self.official_sample(cases, ci, j, self.small_class[name], rng)
+          img, lab, ci = self.official_sample(cases, ci, j, self.small_class[name], rng, source)
+          img, lab = self._to_model_patch(img, lab)
           img = augment.intensity(img, rng, self.augment)
         else:
           img, lab = self.sample(cases[ci], rng, self._is_foreground_sample(
-              step * self.per_shard * self.num_shards + j))
+              step * self.per_shard * self.num_shards + j), source)
         images[row, ..., :img.shape[-1]] = img
         labels[row] = lab
         case_ids[row] = ci
