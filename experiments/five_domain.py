@@ -34,6 +34,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.fold = 0                      # of a seeded 5-fold split
   c.data.num_shards = 0                # data shards (0 = one per process)
   c.data.patch_size = (32, 32, 32)     # voxels (D, H, W)
+  c.data.source_patch = ""             # 'domain:DxHxW,..': cut there, resized to patch_size
   c.data.normalization = "nnunet"      # msd data: 'nnunet' or 'official' (preprocess.py)
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.shape = ()          # () = each domain's default volume size
@@ -136,6 +137,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.source = "msd"
     c.data.normalization = "official"
     c.data.patch_size = (128, 128, 128)
+    c.data.source_patch = ("heart:80x192x128,liver:128x128x128,hippocampus:40x56x40,"  # official
+                           "prostate:20x192x192,pancreas:96x160x128,spleen:96x160x128")  # resize
     c.model.features_root = 16
     c.model.num_levels = 6
     c.model.compute_dtype = "float32"   # official: fp32 (bfloat16 halves memory; an option)

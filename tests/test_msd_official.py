@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 import smoke_workdir
-from u2net_jax import config_utils, train
+from u2net_jax import config_utils, rescale, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -31,6 +31,10 @@ SMOKE_SIZES = {
     # The plateau rule on 2-step "epochs", a 1-epoch window and a huge
     # min_delta: it must halve the lr at every epoch after the first.
     "train.plateau_epoch_steps": 2, "train.plateau_window": 1, "train.plateau_min_delta": 1e9,
+    # The official resize at CPU size: heart 8×24×16 and prostate 4×24×24 source
+    # patches (≤ the 24³ volumes) resized to the 16³ model patch, as 80×192×128
+    # and 20×192×192 are to 128³ in :msd.
+    "data.source_patch": "heart:8x24x16,prostate:4x24x24",
 }
 
 
@@ -46,7 +50,8 @@ def msd_smoke_config(data_dir):
   return c
 
 
-def test_msd_official_options_train_and_evaluate_on_synthetic_data(tmp_path, tmp_path_factory):
+def test_msd_official_options_train_and_evaluate_on_synthetic_data(tmp_path, tmp_path_factory,
+                                                                   monkeypatch):
   config = msd_smoke_config(smoke_workdir.data_dir(tmp_path_factory))
   official = five_domain.get_config("msd")
   # The run really uses the preset's official choices.
@@ -63,9 +68,25 @@ def test_msd_official_options_train_and_evaluate_on_synthetic_data(tmp_path, tmp
   assert config.train.sampling == "official" and config.augment.to_dict() == \
       official.augment.to_dict()
   assert (config.augment.elastic_mode, config.augment.image_order) == ("official", 3)
+  # The preset resizes every official task's patch; here heart's and prostate's.
+  assert set(rescale.source_patches(official)) == {
+      "heart", "liver", "hippocampus", "prostate", "pancreas", "spleen"}
+  assert rescale.source_patches(config) == {"heart": (8, 24, 16), "prostate": (4, 24, 24)}
   config_utils.validate(config)
+  resized = []  # (input shape, output shape) of every image resize, training and evaluation
+  resize_image = rescale.resize_image
+  monkeypatch.setattr(rescale, "resize_image",
+                      lambda x, shape: (resized.append((x.shape[:3], tuple(shape))),
+                                        resize_image(x, shape))[1])
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir)
+  assert config_utils.load_config(workdir).data.source_patch == "heart:8x24x16,prostate:4x24x24"
+  # Training: source patches -> 16³. Evaluation: whole (padded) volumes by 16/source
+  # per axis (a 24³ heart volume -> 48×16×24), then windows of 16³.
+  assert {((8, 24, 16), (16, 16, 16)), ((4, 24, 24), (16, 16, 16))} <= set(resized)
+  for src in ((8, 24, 16), (4, 24, 24)):
+    assert any(i != src and o == rescale.scaled_shape(i, src, (16, 16, 16))
+               for i, o in resized), (src, sorted(set(resized)))
   assert summary["step"] == 6
   # Epochs end at steps 2, 4, 6: the first sets the reference, the next two halve.
   assert summary["lr_scale"] == 0.25 and not summary["stopped_by_lr_floor"]
