@@ -80,6 +80,15 @@ def test_streamed_windows_equal_the_whole_volume_sliding_window(shape, batch, mi
   np.testing.assert_allclose(probs, ref, atol=1e-3)
 
 
+def test_official_window_positions_repeat_the_last_window_as_the_official_loop():
+  # evaluate.batch_segmentation: centres range(64, W + 64, 64) clamped to W - 64.
+  # W = 200: centres 64, 128, 136, 136 -> starts 0, 64, 72, 72.
+  assert inference.window_starts(200, 128, 0.5, "official") == [0, 64, 72, 72]
+  assert inference.window_starts(256, 128, 0.5, "official") == [0, 64, 128, 128]
+  assert inference.window_starts(128, 128, 0.5, "official") == [0, 0]
+  assert inference.window_starts(200, 128, 0.5) == [0, 64, 72]  # nnU-Net-like: once each
+
+
 def test_official_window_weights_are_the_official_codes():
   # tinies.calPatchWeights' docstring: for a 128³ patch, w[0,0,0] = 0 (+1e-20),
   # w[0,0,1] ≈ 0.005, w[100,100,100] ≈ 0.4375, w[64,64,64] = 1.
@@ -111,7 +120,7 @@ def test_official_blend_gives_the_labels_of_summed_weighted_logits():
 
   w = inference.linear_weights(patch)
   total = np.zeros(shape + (k,), np.float64)
-  for sl in inference.windows(shape, patch, 0.5):
+  for sl in inference.windows(shape, patch, 0.5, "official"):
     total[sl] += logits_of(image[sl]) * w[..., None]
   expected = np.argmax(total, -1)
   ref = inference.sliding_window(image, probs_fn, patch, k, blend="official")

@@ -83,8 +83,17 @@ def from_blended(mean: np.ndarray, blend: str) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-  """Start indices covering [0, size) with windows of `patch` (size ≥ patch)."""
+def window_starts(size: int, patch: int, overlap: float, blend: str = "gaussian") -> list[int]:
+  """Start indices covering [0, size) with windows of `patch` (size ≥ patch).
+
+  blend 'official': the official code's positions (`evaluate.batch_segmentation`):
+  centres p//2, 2·p//2, ... below size + p//2, each clamped to size - p//2 —
+  50 % overlap whatever `overlap` says, and the last clamped centre repeats,
+  so the last window along each axis is added twice (as there).
+  """
+  if blend == "official":
+    half = max(patch // 2, 1)
+    return [min(c, size - half) - half for c in range(half, size + half, half)]
   if size <= patch:
     return [0]
   step = max(1, int(round(patch * (1 - overlap))))
@@ -94,8 +103,9 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
   return starts
 
 
-def windows(shape, patch, overlap) -> Iterator[tuple[slice, slice, slice]]:
-  for z, y, x in itertools.product(*[window_starts(s, p, overlap) for s, p in zip(shape, patch)]):
+def windows(shape, patch, overlap, blend: str = "gaussian") -> Iterator[tuple[slice, slice, slice]]:
+  for z, y, x in itertools.product(*[window_starts(s, p, overlap, blend)
+                                     for s, p in zip(shape, patch)]):
     yield (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
 
 
@@ -150,7 +160,7 @@ def sliding_window(image: np.ndarray, predict_fn: PredictFn, patch, num_classes:
   weights = window_weights(patch, blend, sigma_scale)
   acc = np.zeros(padded + (num_classes,), np.float32)
   norm = np.zeros(padded, np.float32)
-  slices = list(windows(padded, patch, overlap))
+  slices = list(windows(padded, patch, overlap, blend))
   for i in range(0, len(slices), batch_size):
     chunk = slices[i:i + batch_size]
     batch = np.zeros((batch_size,) + patch + (c,), np.float32)

@@ -25,15 +25,15 @@ from u2net_jax.errors import InputError
 PredictFn = inference.PredictFn  # (B, P0, P1, P2, C) -> (B, P0, P1, P2, >=K)
 
 
-def _window_origins(shape, patch, overlap) -> list[tuple[int, int, int]]:
+def _window_origins(shape, patch, overlap, blend="gaussian") -> list[tuple[int, int, int]]:
   padded = tuple(max(s, p) for s, p in zip(shape, patch))
-  starts = [inference.window_starts(s, p, overlap) for s, p in zip(padded, patch)]
+  starts = [inference.window_starts(s, p, overlap, blend) for s, p in zip(padded, patch)]
   return list(itertools.product(*starts))  # axis 0 outermost: sorted by row.
 
 
-def num_windows(shape, patch, overlap: float = 0.5) -> int:
+def num_windows(shape, patch, overlap: float = 0.5, blend: str = "gaussian") -> int:
   """How many windows cover a volume of (D, H, W) `shape`."""
-  return len(_window_origins(tuple(shape)[:3], patch, overlap))
+  return len(_window_origins(tuple(shape)[:3], patch, overlap, blend))
 
 
 def _read_window(image, origin, patch, channels) -> np.ndarray:
@@ -139,7 +139,7 @@ def stream_slabs(image: np.ndarray, predict_fn: PredictFn, patch, num_classes: i
   fn = inference._mirrored(predict_fn) if mirror else predict_fn  # pylint: disable=protected-access
   acc = SlabAccumulator(image.shape[:3], patch, num_classes,
                         inference.window_weights(patch, blend, sigma_scale), blend)
-  origins = _window_origins(image.shape[:3], patch, overlap)
+  origins = _window_origins(image.shape[:3], patch, overlap, blend)
   if stats is not None:
     stats.update(buffer_bytes=acc.buffer_bytes, windows=len(origins))
   batch = np.zeros((batch_size,) + patch + (c,), np.float32)
