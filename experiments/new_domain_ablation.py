@@ -21,8 +21,13 @@ Variants:
   shared_trainable  the shared weights train too (`extend.train=all`, spleen still
                     the only domain sampled; old domains' own weights untouched):
                     what freezing the shared weights costs.
+  base_2000         the base is the 2,000-step separable run (`separable_equal_time`):
+                    do better-trained frozen shared weights serve spleen better?
+                    Seeds whose base run is not complete are listed as missing.
 Each run trains in `<workdir>/<variant>/seed<k>` and is not retrained once its
-summary exists. One run is ~2.5 min on a 2-core AVX2 CPU.
+summary exists; the tables list every variant's complete runs, whichever
+`--variants` this invocation trains. One run is ~4 min on a quiet 2-core AVX2
+CPU (compile, 125 steps, evaluations of all six domains).
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ VARIANTS = {
     "lr0.1": {"train.lr": "0.1"},
     "init_similar": {"extend.init": "similar"},
     "shared_trainable": {"extend.train": "all", "train.domain_weights": "0,0,0,0,0,1"},
+    # The base trained 2,000 steps (the table's separable_equal_time run).
+    "base_2000": {"base": "separable_equal_time"},
 }
+BASE_ROW = "separable"  # the table's row whose runs are the default base
 TABLE_ROWS = {"table: added (Adam 2e-2)": "separable_add_spleen",
               "table: independent spleen model": "separable_add_spleen/seed{seed}/independent_spleen"}
 
@@ -63,11 +71,15 @@ def define_flags() -> None:
 STEPS, EVAL_EVERY, CURVE_CASES, DOMAIN = 125, 25, 3, "spleen"
 
 
+def base_row(name: str) -> str:
+  return VARIANTS[name].get("base", BASE_ROW)
+
+
 def variant_config(name: str, seed: int, base_dir: str):
   """The paper table's extension config (experiments/paper_table.py) plus the variant."""
   from experiments import add_domain, settings  # pylint: disable=g-import-not-at-top
   c = settings.setting_config(add_domain, "", "separable", STEPS,
-                                 [f"{k}={v}" for k, v in VARIANTS[name].items()])
+                              [f"{k}={v}" for k, v in VARIANTS[name].items() if k != "base"])
   c.seed = seed
   c.init_from = base_dir
   c.extend.compare_independent = False
@@ -145,15 +157,21 @@ def main(argv):
     rows[name] = {"overrides": {}, "seeds": {s: spleen_result(os.path.join(
         FLAGS.table_workdir, rel.format(seed=s) if "{" in rel else f"{rel}/seed{s}"))
         for s in seeds}}
-  for name in FLAGS.variants:
+  for name in VARIANTS:
     rows[name] = {"overrides": VARIANTS[name], "seeds": {}}
     for seed in seeds:
       run_dir = os.path.join(FLAGS.workdir, name, f"seed{seed}")
-      if spleen_result(run_dir) is None:
+      base = os.path.join(FLAGS.table_workdir, base_row(name), f"seed{seed}")
+      if name in FLAGS.variants and spleen_result(run_dir) is None:
+        if not os.path.exists(os.path.join(base, "eval", "summary.json")):
+          print(f"== {name} seed {seed}: its base {base} is not complete; skipped", flush=True)
+          continue
         print(f"== {name} seed {seed}", flush=True)
         t0 = time.time()
-        base = os.path.join(FLAGS.table_workdir, "separable", f"seed{seed}")
-        train.train_and_evaluate(variant_config(name, seed, base), run_dir)
+        result = train.train_and_evaluate(variant_config(name, seed, base), run_dir)
+        if result.get("preempted"):
+          print(f"== {name} seed {seed}: preempted; rerun to resume", flush=True)
+          sys.exit(143)
         print(f"== {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
       rows[name]["seeds"][seed] = spleen_result(run_dir)
   meta = {"command": "python experiments/new_domain_ablation.py" + "".join(

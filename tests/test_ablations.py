@@ -27,7 +27,8 @@ def _differences(a, b, prefix=""):
 
 def test_each_variant_changes_only_what_it_names():
   table = settings.setting_config(add_domain, "", "separable", ablation.STEPS, []).to_dict()
-  for name, overrides in ablation.VARIANTS.items():
+  for name, variant in ablation.VARIANTS.items():
+    overrides = {k: v for k, v in variant.items() if k != "base"}
     c = ablation.variant_config(name, 1, "runs/x/separable/seed1").to_dict()
     diff = _differences(table, c)
     expected = {"seed", "init_from", "extend.compare_independent", "train.eval_every",
@@ -39,6 +40,8 @@ def test_each_variant_changes_only_what_it_names():
       section, leaf = key.split(".")
       assert str(c[section][leaf]) == str(value), (name, key)
   assert ablation.variant_config("lr0.1", 0, "b").train.lr == 0.1
+  assert ablation.base_row("base_2000") == "separable_equal_time"
+  assert ablation.base_row("lr0.1") == "separable"
 
 
 def test_spleen_result_reads_the_final_value_and_the_curve(tmp_path):
