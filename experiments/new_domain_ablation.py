@@ -116,7 +116,7 @@ def render(rows: dict, meta: dict) -> str:
            f"Command: `{meta['command']}`  ",
            f"Machine: {meta['machine']}; date {meta['date']}; {STEPS} steps per run, "
            f"seeds {', '.join(map(str, seeds))}; base: the paper table's 500-step separable "
-           "run of each seed.", "",
+           "run of each seed (`base_2000`: its 2,000-step `separable_equal_time` run).", "",
            "Spleen Dice: final = all validation cases (mean ± sample sd over seeds); curve = "
            f"mean over seeds on the first {CURVE_CASES} validation cases, every {EVAL_EVERY} "
            "steps.", "",
