@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -33,6 +32,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from experiments import ablation_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VARIANTS = {
     "wide_f16": {"model.features_root": "16"},
@@ -82,14 +83,6 @@ def run_result(run_dir: str) -> dict | None:
           "curve": [[p["step"], p["mean_dice"]] for p in points]}
 
 
-def _stat(values) -> str:
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.3f} (one seed)"
-  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def render(rows: dict, meta: dict) -> str:
   seeds = meta["seeds"]
   lines = ["# Separable vs dense at equal steps: what closes the gap", "",
@@ -111,14 +104,15 @@ def render(rows: dict, meta: dict) -> str:
                         for i, s in enumerate(steps) if all(len(v["curve"]) > i for v in done))
     params = f"{done[0]['params']:,}" if done and done[0]["params"] else "-"
     ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-    lines.append(f"| {name} | {ov} | {params} | {len(finals)}/{len(seeds)} | {_stat(finals)} "
+    lines.append(f"| {name} | {ov} | {params} | {len(finals)}/{len(seeds)} | "
+                 f"{ablation_runs.mean_sd(finals, ' (one seed)')} "
                  f"| {curve} |")
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
-  from u2net_jax import logging_utils, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
   bad = [v for v in FLAGS.variants if v not in VARIANTS]
   if bad:
@@ -133,25 +127,11 @@ def main(argv):
     rows[name] = {"overrides": VARIANTS[name], "seeds": {}}
     for seed in seeds:
       run_dir = os.path.join(FLAGS.workdir, name, f"seed{seed}")
-      if run_result(run_dir) is None:
-        print(f"== {name} seed {seed}", flush=True)
-        t0 = time.time()
-        result = train.train_and_evaluate(variant_config(name, seed), run_dir)
-        if result.get("preempted"):
-          print(f"== {name} seed {seed}: preempted; rerun to resume", flush=True)
-          sys.exit(143)
-        print(f"== {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+      ablation_runs.train_once(name, seed, run_dir, variant_config(name, seed),
+                               lambda d: run_result(d) is not None)
       rows[name]["seeds"][seed] = run_result(run_dir)
-  meta = {"command": "python experiments/gap_ablation.py" + "".join(
-      f" {a}" for a in sys.argv[1:]), "machine": logging_utils.machine_description(),
-      "date": time.strftime("%Y-%m-%d"), "seeds": seeds, "steps": STEPS}
-  os.makedirs(FLAGS.results_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.results_dir, "gap_ablation.json"), "w") as f:
-    json.dump({**meta, "rows": rows}, f, indent=2)
-  md = render(rows, meta)
-  with open(os.path.join(FLAGS.results_dir, "gap_ablation.md"), "w") as f:
-    f.write(md)
-  print(md)
+  info = ablation_runs.meta("gap_ablation.py", seeds, STEPS)
+  ablation_runs.write(FLAGS.results_dir, "gap_ablation", info, rows, render(rows, info))
 
 
 if __name__ == "__main__":

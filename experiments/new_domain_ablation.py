@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -44,6 +43,8 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from experiments import ablation_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VARIANTS = {
     "lr0.1": {"train.lr": "0.1"},
@@ -102,14 +103,6 @@ def spleen_result(run_dir: str) -> dict | None:
           "curve": [[p["step"], p["dice"][DOMAIN]] for p in points if DOMAIN in p["dice"]]}
 
 
-def _stat(values) -> str:
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def render(rows: dict, meta: dict) -> str:
   seeds = meta["seeds"]
   lines = ["# New domain (spleen): what limits the extension", "",
@@ -130,13 +123,13 @@ def render(rows: dict, meta: dict) -> str:
       curve = ", ".join(f"{s}: {statistics.mean(c[i][1] for c in curves):.3f}"
                         for i, s in enumerate(steps) if all(len(c) > i for c in curves))
     ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-    lines.append(f"| {name} | {ov} | {len(finals)}/{len(seeds)} | {_stat(finals)} | {curve} |")
+    lines.append(f"| {name} | {ov} | {len(finals)}/{len(seeds)} | {ablation_runs.mean_sd(finals)} | {curve} |")
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
-  from u2net_jax import logging_utils, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
   bad = [v for v in FLAGS.variants if v not in VARIANTS]
   if bad:
@@ -166,24 +159,11 @@ def main(argv):
         if not os.path.exists(os.path.join(base, "eval", "summary.json")):
           print(f"== {name} seed {seed}: its base {base} is not complete; skipped", flush=True)
           continue
-        print(f"== {name} seed {seed}", flush=True)
-        t0 = time.time()
-        result = train.train_and_evaluate(variant_config(name, seed, base), run_dir)
-        if result.get("preempted"):
-          print(f"== {name} seed {seed}: preempted; rerun to resume", flush=True)
-          sys.exit(143)
-        print(f"== {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+        ablation_runs.train_once(name, seed, run_dir, variant_config(name, seed, base),
+                                 lambda d: spleen_result(d) is not None)
       rows[name]["seeds"][seed] = spleen_result(run_dir)
-  meta = {"command": "python experiments/new_domain_ablation.py" + "".join(
-      f" {a}" for a in sys.argv[1:]), "machine": logging_utils.machine_description(),
-      "date": time.strftime("%Y-%m-%d"), "seeds": seeds, "steps": STEPS}
-  os.makedirs(FLAGS.results_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.results_dir, "new_domain_ablation.json"), "w") as f:
-    json.dump({**meta, "rows": rows}, f, indent=2)
-  md = render(rows, meta)
-  with open(os.path.join(FLAGS.results_dir, "new_domain_ablation.md"), "w") as f:
-    f.write(md)
-  print(md)
+  info = ablation_runs.meta("new_domain_ablation.py", seeds, STEPS)
+  ablation_runs.write(FLAGS.results_dir, "new_domain_ablation", info, rows, render(rows, info))
 
 
 if __name__ == "__main__":
