@@ -28,6 +28,18 @@ def train_once(name: str, seed: int, run_dir: str, config, is_complete) -> None:
   print(f"== {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
 
 
+def read_run(run_dir: str):
+  """(eval/summary.json, its evaluation points [{"step", "mean_dice", "dice"}]) or None."""
+  from experiments import paper_curves  # pylint: disable=g-import-not-at-top
+  path = os.path.join(run_dir, "eval", "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary, paper_curves.run_points(
+      paper_curves.read_metrics(os.path.join(run_dir, "metrics.jsonl")), summary)
+
+
 def meta(script: str, seeds, steps: int) -> dict:
   """Command line, machine (CPU model and vector flags), date, seeds, steps."""
   from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top

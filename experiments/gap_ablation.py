@@ -22,7 +22,6 @@ summary exists; the table lists every variant's complete runs, whichever
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -68,16 +67,10 @@ def variant_config(name: str, seed: int):
 
 def run_result(run_dir: str) -> dict | None:
   """{"final", "dice", "params", "curve": [(step, mean Dice)]} of a complete run, else None."""
-  from experiments import paper_curves  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "eval", "summary.json")
-  if not os.path.exists(path):
+  run = ablation_runs.read_run(run_dir)
+  if run is None or int(run[0].get("step", 0)) < STEPS:
     return None
-  with open(path) as f:
-    summary = json.load(f)
-  if int(summary.get("step", 0)) < STEPS:
-    return None
-  points = paper_curves.run_points(
-      paper_curves.read_metrics(os.path.join(run_dir, "metrics.jsonl")), summary)
+  summary, points = run
   dice = {n: d["mean_dice"] for n, d in summary["domains"].items()}
   return {"final": sum(dice.values()) / len(dice), "dice": dice,
           "params": summary.get("params", {}).get("total"),

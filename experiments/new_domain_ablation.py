@@ -32,7 +32,6 @@ CPU (compile, 125 steps, evaluations of all six domains).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -91,14 +90,10 @@ def variant_config(name: str, seed: int, base_dir: str):
 
 def spleen_result(run_dir: str) -> dict | None:
   """{"final", "curve": [(step, Dice)]} of a complete run's spleen, else None."""
-  from experiments import paper_curves  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "eval", "summary.json")
-  if not os.path.exists(path):
+  run = ablation_runs.read_run(run_dir)
+  if run is None:
     return None
-  with open(path) as f:
-    summary = json.load(f)
-  points = paper_curves.run_points(
-      paper_curves.read_metrics(os.path.join(run_dir, "metrics.jsonl")), summary)
+  summary, points = run
   return {"final": summary["domains"][DOMAIN]["mean_dice"], "step": summary["step"],
           "curve": [[p["step"], p["dice"][DOMAIN]] for p in points if DOMAIN in p["dice"]]}
 
