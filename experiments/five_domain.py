@@ -18,6 +18,44 @@ import ml_collections
 FIVE_DOMAINS = "heart,liver,hippocampus,prostate,pancreas"
 
 
+# The official per-task independent models (u2net_torch_src/config.py L61–67:
+# patch_sizes, batch_sizes, nums_pool_per_axis; train_model_no_adapters.py):
+# task → (patch (D, H, W) trained without resizing, batch, pools per axis).
+OFFICIAL_INDEPENDENT = {
+    "heart": ((80, 192, 128), 2, (4, 5, 5)),
+    "liver": ((128, 128, 128), 2, (5, 5, 5)),
+    "hippocampus": ((40, 56, 40), 9, (3, 3, 3)),
+    "prostate": ((20, 192, 192), 4, (2, 5, 5)),
+    "pancreas": ((96, 160, 128), 2, (4, 5, 5)),
+    "spleen": ((96, 160, 128), 2, (4, 5, 5)),
+}
+
+
+def official_independent(config: ml_collections.ConfigDict,
+                         task: str) -> ml_collections.ConfigDict:
+  """`config` as the authors' independent model of one task: its own run.
+
+  One domain, `model.mode='independent'`, the task's official patch (cut at
+  the target spacing, not resized), batch and anisotropic pooling
+  (`model.pool_per_axis`, num_levels = max + 1: hippocampus 4 levels). Every
+  other setting (loss, schedule, ≤ steps, augmentation, sampling) is the
+  preset's, as in the official code, where both scripts share `train.py`.
+  """
+  if task not in OFFICIAL_INDEPENDENT:
+    raise ValueError(f"No official independent setting for task {task!r}; "
+                     f"known: {sorted(OFFICIAL_INDEPENDENT)}.")
+  patch, batch, pools = OFFICIAL_INDEPENDENT[task]
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.data.tasks = task
+  c.data.patch_size = patch
+  c.data.source_patch = ""
+  c.model.mode = "independent"
+  c.model.pool_per_axis = pools
+  c.model.num_levels = max(pools) + 1
+  c.train.batch_size = batch
+  return c
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Returns the config for `preset` ('' = default, 'msd' or 'smoke')."""
   if preset not in ("", "default", "msd", "smoke"):
@@ -47,6 +85,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model.downsample = "separable"     # 'dense' = the official code's stride-2 convs
   c.model.features_root = 8            # F0; level l has F0·2^l features
   c.model.num_levels = 4
+  # () = isotropic stride 2 at every level; (p_D, p_H, p_W) = the official
+  # `nums_pool_per_axis` (anisotropic; num_levels = max + 1; dense downsampling).
+  c.model.pool_per_axis = ()
   c.model.deep_supervision = True
   c.model.depthwise_impl = "auto"      # auto|lax|shift|fused
   c.model.dense_impl = "auto"          # auto|lax|shift (dense k³ convs; auto = shift on CPU)

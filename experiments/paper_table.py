@@ -33,7 +33,12 @@ independent spleen model trains in `separable_add_spleen/seed<k>/independent_spl
 (a run of its own rather than inside the add run via
 `extend.compare_independent`, so that it resumes and stops on SIGTERM like the
 others; the new-domain row pairs the seeds where both are complete). The new
-domain trains max(steps // 4, 2) steps. That is 8 runs per seed.
+domain trains max(steps // 4, 2) steps. That is 8 runs per seed. With
+`--preset=msd` the `independent` row is the authors' baseline: one run per
+task in `independent/seed<k>/<task>/` with the task's official patch (not
+resized), batch and anisotropic pooling (`five_domain.official_independent`);
+the row is complete when all five are, with their parameters and train times
+summed and their curves joined at the steps all of them evaluated.
 Compiled programs are cached in `<workdir>/jax_cache` (unless
 JAX_COMPILATION_CACHE_DIR is set), so later seeds skip most compilation.
 
@@ -127,6 +132,7 @@ class Run(NamedTuple):
   steps: int
   kind: str = "setting"   # setting | added (the new domain) | independent (its model)
   needs: Any = None       # a Run that must be complete first (the new domain's base)
+  part: str = ""          # one task of a row trained as per-task runs (msd independent)
 
 
 def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
@@ -136,13 +142,14 @@ def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, ov
   from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
   runs = []
   for seed in seeds:
-    def add(row, cfg, kind="setting", rel=None, needs=None, seed=seed):
+    def add(row, cfg, kind="setting", rel=None, needs=None, seed=seed, part=""):
       cfg.seed = seed
       steps = int(cfg.train.steps)
       cfg.train.eval_every = eval_every or max(steps // 5, 1)
       cfg.eval.during_training_max_cases = curve_cases
-      rel = rel or os.path.join(row, f"seed{seed}")
-      runs.append(Run(row, seed, rel, os.path.join(workdir, rel), cfg, steps, kind, needs))
+      rel = rel or os.path.join(row, f"seed{seed}", part)
+      runs.append(Run(row, seed, rel.rstrip(os.sep), os.path.join(workdir, rel).rstrip(os.sep),
+                      cfg, steps, kind, needs, part))
       return runs[-1]
     if "separable" in settings:
       base = add("separable", setting_config(five_domain, preset, "separable", budget,
@@ -165,7 +172,13 @@ def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, ov
           add(f"independent_{new}", independent_config(cfg), "independent",
               rel=os.path.join(added.rel, f"independent_{new}"))
     for mode in SETTINGS:
-      if mode in settings and mode != "separable":
+      if mode == "independent" and mode in settings and preset == "msd":
+        # As the authors trained it: one run per task with its own patch,
+        # batch and anisotropic pooling (five_domain.official_independent).
+        cfg = setting_config(five_domain, preset, mode, budget, overrides)
+        for task in config_utils.split_names(cfg.data.tasks):
+          add(mode, five_domain.official_independent(cfg, task), part=task)
+      elif mode in settings and mode != "separable":
         add(mode, setting_config(five_domain, preset, mode, budget, overrides))
   return runs
 
@@ -181,7 +194,8 @@ def _summary(workdir: str) -> dict | None:
 def run_summary(run: Run) -> dict | None:
   """The run's summary.json if the run is complete, else None."""
   s = _summary(run.run_dir)
-  if s is None or int(s.get("step", -1)) < run.steps:
+  # Complete: the step budget, or the loss-plateau rule's lr floor before it.
+  if s is None or (int(s.get("step", -1)) < run.steps and not s.get("stopped_by_lr_floor")):
     return None
   if run.kind == "added" and "extension" not in s:
     return None
@@ -220,17 +234,49 @@ def train_missing(runs: list[Run], max_runs: int, train_fn) -> int:
 def collect(runs: list[Run]) -> tuple[dict, list[str]]:
   """({row: {kind, steps, summaries: {seed: summary|None}, points: {seed: [...]}}},
   the incomplete runs' relative dirs), read from the workdir."""
-  by_row, incomplete = {}, []
+  by_row, incomplete, parts = {}, [], {}
   for run in runs:
     s = run_summary(run)
     if s is None:
       incomplete.append(run.rel)
     e = by_row.setdefault(run.row, {"kind": run.kind, "steps": run.steps, "summaries": {},
                                     "points": {}})
-    e["summaries"][run.seed] = s
     records = paper_curves.read_metrics(os.path.join(run.run_dir, "metrics.jsonl"))
-    e["points"][run.seed] = paper_curves.run_points(records, s)
+    points = paper_curves.run_points(records, s)
+    if run.part:  # one task of a per-task row: merged once every task is read
+      parts.setdefault((run.row, run.seed), []).append((s, points))
+      continue
+    e["summaries"][run.seed] = s
+    e["points"][run.seed] = points
+  for (row, seed), got in parts.items():
+    by_row[row]["summaries"][seed] = merge_task_summaries([s for s, _ in got])
+    by_row[row]["points"][seed] = merge_task_points([p for _, p in got])
   return by_row, incomplete
+
+
+def merge_task_summaries(summaries: list) -> dict | None:
+  """One summary for a row trained as per-task runs: None until all are complete.
+
+  Domains from each task's run; parameters and train time summed (the five
+  models together); `step` the smallest (a run may stop at the lr floor).
+  """
+  if not summaries or any(s is None for s in summaries):
+    return None
+  return {"step": min(int(s["step"]) for s in summaries),
+          "domains": {n: d for s in summaries for n, d in s["domains"].items()},
+          "params": {"total": sum(int(s["params"]["total"]) for s in summaries)},
+          "train_seconds": sum(float(s.get("train_seconds") or 0.0) for s in summaries)}
+
+
+def merge_task_points(per_task: list) -> list[dict]:
+  """Curves of per-task runs as one: the steps every task evaluated, domains joined."""
+  steps = set.intersection(*[{p["step"] for p in pts} for pts in per_task]) if per_task else set()
+  out = []
+  for step in sorted(steps):
+    dice = {n: v for pts in per_task for p in pts if p["step"] == step
+            for n, v in p["dice"].items()}
+    out.append({"step": step, "mean_dice": sum(dice.values()) / len(dice), "dice": dice})
+  return out
 
 
 # ----------------------------------------------------------------------------

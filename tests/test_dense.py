@@ -98,3 +98,17 @@ def test_model_logits_and_gradients_do_not_depend_on_dense_impl():
     # in exact arithmetic (e.g. a bias just before a norm) are pure rounding
     # noise: compare against the largest gradient's scale.
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("stride", [(1, 2, 2), (2, 1, 1)])
+def test_per_axis_stride_shift_equals_lax(stride):
+  # Anisotropic pooling (model.pool_per_axis): values and both gradients.
+  x, w = _inputs((1, 6, 8, 7, 3), 4, seed=4)
+  ref = dense.conv3d_lax(x, w, stride)
+  assert ref.shape == (1, *[-(-n // s) for n, s in zip((6, 8, 7), stride)], 4)
+  np.testing.assert_allclose(dense.conv3d(x, w, list(stride), "shift"), ref, atol=1e-5)
+  cot = jax.random.normal(jax.random.key(5), ref.shape)
+  grads = {impl: jax.grad(lambda x, w: jnp.sum(dense.conv3d(x, w, stride, impl) * cot),
+                          argnums=(0, 1))(x, w) for impl in ("lax", "shift")}
+  for a, b in zip(grads["lax"], grads["shift"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ from flax import nnx
 
 from u2net_jax import layers, models
 from u2net_jax.domains import DomainSpec
+from u2net_jax.errors import ConfigError, InputError
 
 DOMAINS = (
     DomainSpec("heart", ("MRI",), ("background", "atrium")),
@@ -195,3 +196,43 @@ def test_clear_errors():
     DomainSpec("Heart!", ("MRI",), ("bg", "fg"))
   with pytest.raises(ValueError, match="at least 2 classes"):
     DomainSpec("heart", ("MRI",), ("bg",))
+
+
+def _official_strides(pools):
+  """models/model_utils.py num_pool2stride_size of the official code, verbatim logic."""
+  unit = [1, 2]
+  return [[unit[i < pools[0]], unit[i < pools[1]], unit[i < pools[2]]]
+          for i in range(max(pools))]
+
+
+@pytest.mark.parametrize("pools", [(4, 5, 5), (5, 5, 5), (3, 3, 3), (2, 5, 5)])
+def test_pool_per_axis_strides_are_the_official_ones(pools):
+  # config.py nums_pool_per_axis of heart, liver, hippocampus, prostate.
+  strides = models.level_strides(max(pools) + 1, pools)
+  assert [list(s) for s in strides] == _official_strides(pools)
+  assert models.pool_divisor(strides) == tuple(2 ** p for p in pools)
+
+
+@pytest.mark.parametrize("mode,downsample", [("independent", "separable"),
+                                             ("separable", "dense")])
+def test_anisotropic_pooling_model_runs_and_restores_the_input_size(mode, downsample):
+  # Prostate-like: one pool along D, two in-plane (official (2, 5, 5) in small).
+  model = models.build_model(DOMAINS[:2], dict(mode=mode, downsample=downsample,
+                                               features_root=4, num_levels=3,
+                                               pool_per_axis="1,2,2", **FAST))
+  assert model.divisor == (2, 4, 4)
+  x = jnp.ones((1, 2, 8, 12, 2))
+  out = model(x, "prostate")
+  assert out.shape == (1, 2, 8, 12, 3) and bool(jnp.all(jnp.isfinite(out)))
+  with pytest.raises(InputError, match="not divisible by \\(2, 4, 4\\)"):
+    model(jnp.ones((1, 2, 8, 10, 2)), "prostate")
+
+
+def test_pool_per_axis_errors_name_the_fix():
+  with pytest.raises(ConfigError, match="num_levels must be 4"):
+    models.level_strides(3, (3, 3, 3))
+  with pytest.raises(ConfigError, match="3 integers"):
+    models.parse_pools("a,b,c")
+  with pytest.raises(ConfigError, match="downsample='dense'"):
+    models.build_model(DOMAINS[:1], dict(mode="separable", downsample="separable",
+                                         num_levels=3, pool_per_axis=(1, 2, 2), **FAST))

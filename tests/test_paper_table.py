@@ -332,3 +332,54 @@ def test_paper_table_rejects_an_unknown_setting(tmp_path):
   assert proc.returncode == 2
   assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "r").exists()
+
+
+def test_msd_independent_row_is_the_authors_per_task_runs(tmp_path, monkeypatch):
+  # :msd trains the independent baseline as the official code does: one run
+  # per task, its own patch (not resized), batch and anisotropic pooling
+  # (u2net_torch_src/config.py L61–67); the row merges the five.
+  from u2net_jax import train
+  started, configs = [], {}
+  fake = _fake_trainer(str(tmp_path / "w"), started)
+
+  def capture(config, workdir):
+    configs[os.path.relpath(workdir, tmp_path / "w")] = config
+    return fake(config, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", capture)
+  results = tmp_path / "r"
+  _main(["--preset=msd", "--seeds=0", "--steps=10", "--equal_time_steps=0",
+         "--settings=independent,separable", "--nonew_domain",
+         f"--workdir={tmp_path / 'w'}", f"--results_dir={results}"])
+  tasks = ["heart", "liver", "hippocampus", "prostate", "pancreas"]
+  assert [s["rel"] for s in started] == ["separable/seed0",
+                                         *[f"independent/seed0/{t}" for t in tasks]]
+  official = {"heart": ((80, 192, 128), 2, (4, 5, 5), 6),
+              "hippocampus": ((40, 56, 40), 9, (3, 3, 3), 4),
+              "prostate": ((20, 192, 192), 4, (2, 5, 5), 6)}
+  for t, (patch, batch, pools, levels) in official.items():
+    c = configs[f"independent/seed0/{t}"]
+    assert (tuple(c.data.patch_size), c.train.batch_size, tuple(c.model.pool_per_axis),
+            c.model.num_levels, c.data.tasks, c.data.source_patch, c.model.mode) == (
+                patch, batch, pools, levels, t, "", "independent")
+  sep = configs["separable/seed0"]
+  assert tuple(sep.data.patch_size) == (128,) * 3 and "prostate:20x192x192" in sep.data.source_patch
+  table = json.loads((results / "paper_table.json").read_text())
+  row = {r["setting"]: r for r in table["rows"]}["independent"]
+  assert row["n_complete"] == 1 and row["params"] == 5 * 1000  # five models together
+  assert set(row["dice"]) == set(tasks)
+  assert row["per_seed"]["0"]["train_seconds"] == pytest.approx(5 * 30.0)
+  curve = json.loads((results / "paper_curves.json").read_text())["rows"]["independent"]
+  assert [p["step"] for p in curve["seeds"]["0"]["points"]] == [2, 4, 6, 8, 10]
+
+
+def test_a_run_stopped_at_the_lr_floor_is_complete(tmp_path):
+  run = paper_table.Run("shared", 0, "shared/seed0", str(tmp_path), None, 100)
+  os.makedirs(tmp_path / "eval")
+  summary = {"step": 40, "domains": {}, "stopped_by_lr_floor": False}
+  (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+  assert paper_table.run_summary(run) is None
+  summary["stopped_by_lr_floor"] = True
+  (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+  assert paper_table.run_summary(run)["step"] == 40
+  assert paper_table.merge_task_summaries([summary, None]) is None

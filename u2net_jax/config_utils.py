@@ -11,6 +11,7 @@ from u2net_jax import domains as domains_lib
 from u2net_jax import inference
 from u2net_jax import layers
 from u2net_jax import losses
+from u2net_jax import models
 from u2net_jax import optim
 from u2net_jax import rescale
 from u2net_jax.data import pipeline, preprocess
@@ -138,6 +139,10 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
     raise ConfigError(
         f"model.num_levels ({m.num_levels}) and model.features_root ({m.features_root}) "
         "must be ≥ 1.")
+  if models.parse_pools(m.get("pool_per_axis", ())) and m.mode == "separable" and (
+      m.downsample == "separable"):
+    raise ConfigError("model.pool_per_axis (anisotropic pooling) needs "
+                      "model.downsample='dense' in separable mode.")
   if m.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
   tcfg = config.get("train", None)
@@ -175,12 +180,13 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
           "(the folder holding Task02_Heart, Task03_Liver, ...).")
     if not os.path.isdir(manual):
       raise ConfigError(f"config.data.manual_dir {manual!r} is not a folder.")
-  divisor = 2 ** (int(m.num_levels) - 1)
+  divisor = models.pool_divisor(
+      models.level_strides(int(m.num_levels), models.parse_pools(m.get("pool_per_axis", ()))))
   patch = patch_size(config)
-  if any(p % divisor for p in patch):
+  if any(p % d for p, d in zip(patch, divisor)):
     raise ConfigError(
-        f"config.data.patch_size {patch} is not divisible by {divisor} "
-        f"(= 2^(num_levels-1), num_levels={m.num_levels}).")
+        f"config.data.patch_size {patch} is not divisible by {divisor} (the pooling of "
+        f"num_levels={m.num_levels}, pool_per_axis {tuple(m.get('pool_per_axis', ())) or 'isotropic'}).")
   return specs
 
 

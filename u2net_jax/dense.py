@@ -52,32 +52,42 @@ def _check(x, kernel, stride):
   if kernel.shape[3] != x.shape[-1]:
     raise InputError(f"dense conv kernel takes {kernel.shape[3]} channels but x has "
                      f"{x.shape[-1]}.")
-  if stride < 1:
-    raise InputError(f"dense conv stride must be ≥ 1, got {stride}.")
+  if min(strides(stride)) < 1:
+    raise InputError(f"dense conv stride must be ≥ 1 on every axis, got {stride}.")
+
+
+def strides(stride) -> tuple[int, int, int]:
+  """An int or a (D, H, W) stride as a 3-tuple (anisotropic pooling: `model.pool_per_axis`)."""
+  if isinstance(stride, (tuple, list)):
+    if len(stride) != 3:
+      raise InputError(f"dense conv stride must be an int or 3 ints (D, H, W), got {stride}.")
+    return tuple(int(v) for v in stride)
+  return (int(stride),) * 3
 
 
 def conv3d_lax(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """Reference: XLA convolution. Returns (B, D', H', W', C_out)."""
   _check(x, kernel, stride)
   return lax.conv_general_dilated(
-      x, kernel, window_strides=(stride,) * 3, padding="SAME",
+      x, kernel, window_strides=strides(stride), padding="SAME",
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
-def _views(x: jax.Array, k: int, stride: int) -> list[jax.Array]:
+def _views(x: jax.Array, k: int, stride) -> list[jax.Array]:
   """The k³ shifted, strided views of the 'SAME'-padded x, each (B, D', H', W', C)."""
   spatial = x.shape[1:4]
-  pads = [same_padding(n, k, stride) for n in spatial]
+  st = strides(stride)
+  pads = [same_padding(n, k, s) for n, s in zip(spatial, st)]
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  out = [-(-n // stride) for n in spatial]
+  out = [-(-n // s) for n, s in zip(spatial, st)]
   views = []
   for a in range(k):
     for b in range(k):
       for c in range(k):
         start = (0, a, b, c, 0)
-        limit = (x.shape[0], a + stride * (out[0] - 1) + 1, b + stride * (out[1] - 1) + 1,
-                 c + stride * (out[2] - 1) + 1, x.shape[-1])
-        views.append(lax.slice(xp, start, limit, (1, stride, stride, stride, 1)))
+        limit = (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip((a, b, c), st, out)),
+                 x.shape[-1])
+        views.append(lax.slice(xp, start, limit, (1, *st, 1)))
   return views
 
 
@@ -121,11 +131,14 @@ _shift_conv.defvjp(_shift_fwd, _shift_bwd)
 def conv3d_shift(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
   """Dense k³ conv as k³ shifted matmuls, with a per-offset-GEMM backward."""
   _check(x, kernel, stride)
-  return _shift_conv(x, kernel, stride)
+  return _shift_conv(x, kernel, strides(stride))  # a tuple: hashable nondiff argument
 
 
-def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "auto") -> jax.Array:
-  """Dense 3D conv, 'SAME' padding: x (B, D, H, W, C_in) → (B, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉, C_out)."""
+def conv3d(x: jax.Array, kernel: jax.Array, stride=1, impl: str = "auto") -> jax.Array:
+  """Dense 3D conv, 'SAME' padding: x (B, D, H, W, C_in) → (B, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉, C_out).
+
+  `stride`: an int or per-axis (s_D, s_H, s_W).
+  """
   impl = resolve_impl(impl)
   if impl == "lax":
     return conv3d_lax(x, kernel, stride)

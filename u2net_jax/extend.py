@@ -83,7 +83,8 @@ def make_plan(config, specs, base_config, base_specs) -> Plan:
   """Checks that `config` can start from the base run; says where each domain comes from."""
   base_dir = config.init_from
   get = _extend_cfg(config)
-  arch_keys = ("mode", "features_root", "num_levels", "downsample", "deep_supervision")
+  arch_keys = ("mode", "features_root", "num_levels", "downsample", "deep_supervision",
+               "pool_per_axis")
   diff = [k for k in arch_keys if str(config.model.get(k)) != str(base_config.model.get(k))]
   if diff:
     raise CheckpointError(

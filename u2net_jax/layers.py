@@ -237,7 +237,7 @@ class Conv(nnx.Module):
   real channels unchanged.
   """
 
-  def __init__(self, in_features, out_features, *, kernel_size: int = 3, stride: int = 1,
+  def __init__(self, in_features, out_features, *, kernel_size: int = 3, stride=1,
                names: Sequence[str] | None, use_bias: bool = False,
                dtype=jnp.float32, fast_pointwise: bool = False, impl: str = "auto",
                rngs: nnx.Rngs):
@@ -307,18 +307,23 @@ class ConvUnit(nnx.Module):
     shared: shared dense k³ conv → per-domain norm.
     series_adapter: shared k³ conv → per-domain [norm → 1³ conv] + identity → norm.
     parallel_adapter: shared k³ conv(x) + per-domain 1³ conv(x) → norm.
-  Stride-2 (downsampling) units are a plain dense conv → norm in every mode, as
+  Downsampling units (stride 2, or per-axis strides from `model.pool_per_axis`)
+  are a plain dense conv → norm in every mode, as
   in the official code (per-domain in 'independent'); in 'separable' mode they
   are separable too unless `downsample='dense'`.
   All norms are per-domain InstanceNorms.
   """
 
   def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3,
-               stride: int = 1, mode: str, names: Sequence[str],
+               stride=1, mode: str, names: Sequence[str],
                downsample: str = "separable", depthwise_impl: str = "auto",
                dense_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
     names = tuple(names)
-    if stride == 2 and not (mode == "separable" and downsample == "separable"):
+    if stride != 1 and not isinstance(stride, int) and mode == "separable" and (
+        downsample == "separable"):
+      raise ConfigError(f"Per-axis stride {tuple(stride)} (model.pool_per_axis) needs "
+                        "model.downsample='dense' in separable mode.")
+    if stride != 1 and not (mode == "separable" and downsample == "separable"):
       variant = "independent" if mode == "independent" else "shared"
     else:
       variant = mode
@@ -359,12 +364,16 @@ class ConvUnit(nnx.Module):
     return self.norm(y, sel)
 
 
-def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
-  """Nearest-neighbour ×factor on D, H, W: (B, D, H, W, C) → (B, fD, fH, fW, C)."""
+def upsample_nearest(x: jax.Array, factor=2) -> jax.Array:
+  """Nearest-neighbour ×factor on D, H, W: (B, D, H, W, C) → (B, fD, fH, fW, C).
+
+  `factor`: an int or per-axis (f_D, f_H, f_W) (anisotropic pooling).
+  """
+  fd, fh, fw = (factor,) * 3 if isinstance(factor, int) else tuple(factor)
   b, d, h, w, c = x.shape
   x = x[:, :, None, :, None, :, None, :]
-  x = jnp.broadcast_to(x, (b, d, factor, h, factor, w, factor, c))
-  return x.reshape(b, d * factor, h * factor, w * factor, c)
+  x = jnp.broadcast_to(x, (b, d, fd, h, fh, w, fw, c))
+  return x.reshape(b, d * fd, h * fh, w * fw, c)
 
 
 def check_mode(mode: str, downsample: str) -> None:

@@ -30,6 +30,33 @@ from u2net_jax.layers import DomainParam, DomainSelector, leaky_relu
 MASKED_LOGIT = -1e9
 
 
+def level_strides(num_levels: int, pool_per_axis: Sequence[int] = ()) -> list:
+  """The stride of each downsampling unit (num_levels - 1 of them).
+
+  Isotropic: 2 at every level. `pool_per_axis` (D, H, W) counts: level l
+  strides (2 if l < p_a else 1) on axis a, as `num_pool2stride_size` in the
+  official `models/model_utils.py`; num_levels must be max(pool_per_axis) + 1.
+  """
+  if not pool_per_axis:
+    return [2] * (num_levels - 1)
+  pools = tuple(int(p) for p in pool_per_axis)
+  if len(pools) != 3 or min(pools) < 0:
+    raise ConfigError(f"model.pool_per_axis must be 3 counts ≥ 0 (D, H, W), got {pools}.")
+  if max(pools) + 1 != num_levels:
+    raise ConfigError(f"model.pool_per_axis {pools} pools {max(pools)} times, so "
+                      f"model.num_levels must be {max(pools) + 1}, got {num_levels}.")
+  return [tuple(2 if l < p else 1 for p in pools) for l in range(num_levels - 1)]
+
+
+def pool_divisor(strides) -> tuple[int, int, int]:
+  """(D, H, W) multiples a patch needs for `level_strides`' strides."""
+  div = [1, 1, 1]
+  for s in strides:
+    for a, v in enumerate((s,) * 3 if isinstance(s, int) else s):
+      div[a] *= v
+  return tuple(div)
+
+
 class EncoderLevel(nnx.Module):
   """Two conv units with a residual add: act(x + unit2(act(unit1(x))))."""
 
@@ -45,13 +72,14 @@ class EncoderLevel(nnx.Module):
 class DecoderLevel(nnx.Module):
   """Upsample → unit → concat skip → 3³ unit → 1³ unit."""
 
-  def __init__(self, in_features: int, features: int, **unit_kw):
+  def __init__(self, in_features: int, features: int, *, factor=2, **unit_kw):
+    self.factor = factor  # the encoder's stride at this level (int or per axis)
     self.up = layers.ConvUnit(in_features, features, **unit_kw)
     self.unit1 = layers.ConvUnit(2 * features, features, **unit_kw)
     self.unit2 = layers.ConvUnit(features, features, kernel_size=1, **unit_kw)
 
   def __call__(self, x, skip, sel):
-    y = leaky_relu(self.up(layers.upsample_nearest(x), sel))
+    y = leaky_relu(self.up(layers.upsample_nearest(x, self.factor), sel))
     y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
     y = leaky_relu(self.unit1(y, sel))
     return leaky_relu(self.unit2(y, sel))
@@ -67,14 +95,20 @@ class U2Net(nnx.Module):
       program serves every domain): C must equal `max_in_channels` (zero-pad
       missing channels); returns (B, D, H, W, max_num_classes) logits whose
       classes beyond the domain's count are `MASKED_LOGIT`.
-  D, H, W must be divisible by 2^(num_levels-1).
+  D, H, W must be divisible by 2^(num_levels-1), or with `pool_per_axis`
+  (the official `nums_pool_per_axis`, e.g. (2, 5, 5) for prostate: level l
+  halves axis a iff l < pool_per_axis[a]; num_levels = max + 1) by
+  (2^p_D, 2^p_H, 2^p_W).
   """
 
   def __init__(self, domains: Sequence[DomainSpec], *, features_root: int = 16,
                num_levels: int = 4, mode: str = "separable", downsample: str = "separable",
                deep_supervision: bool = True, depthwise_impl: str = "auto",
-               dense_impl: str = "auto", compute_dtype=jnp.float32, rngs: nnx.Rngs):
+               dense_impl: str = "auto", compute_dtype=jnp.float32,
+               pool_per_axis: Sequence[int] = (), rngs: nnx.Rngs):
     layers.check_mode(mode, downsample)
+    self.strides = level_strides(num_levels, pool_per_axis)
+    self.pool_per_axis = tuple(int(p) for p in pool_per_axis)
     domains = check_unique(domains)
     if num_levels < 1:
       raise ConfigError(f"model.num_levels must be ≥ 1, got {num_levels}.")
@@ -96,9 +130,9 @@ class U2Net(nnx.Module):
                                dtype=dtype, impl=dense_impl, rngs=rngs)
     self.in_norm = layers.InstanceNorm(f[0], names, rngs=rngs)
     self.encoder = nnx.List([EncoderLevel(f[l], **unit_kw) for l in range(num_levels)])
-    self.down = nnx.List([layers.ConvUnit(f[l], f[l + 1], stride=2, **unit_kw)
+    self.down = nnx.List([layers.ConvUnit(f[l], f[l + 1], stride=self.strides[l], **unit_kw)
                           for l in range(num_levels - 1)])
-    self.decoder = nnx.List([DecoderLevel(f[l + 1], f[l], **unit_kw)
+    self.decoder = nnx.List([DecoderLevel(f[l + 1], f[l], factor=self.strides[l], **unit_kw)
                              for l in range(num_levels - 1)])
     # Deep supervision at decoder levels 1 and 2 (those that exist).
     self.ds_levels = tuple(l for l in (2, 1) if deep_supervision and l < num_levels - 1)
@@ -128,9 +162,9 @@ class U2Net(nnx.Module):
     return max(d.num_classes for d in self.domains)
 
   @property
-  def divisor(self) -> int:
-    """Spatial sizes must be multiples of this."""
-    return 2 ** (self.num_levels - 1)
+  def divisor(self) -> tuple[int, int, int]:
+    """Spatial sizes (D, H, W) must be multiples of these."""
+    return pool_divisor(self.strides)
 
   def selector(self, domain) -> DomainSelector:
     if isinstance(domain, str):
@@ -150,11 +184,11 @@ class U2Net(nnx.Module):
     if x.shape[-1] != channels:
       what = f"domain {domain!r}" if isinstance(domain, str) else "an indexed domain (padded)"
       raise InputError(f"Input has {x.shape[-1]} channels but {what} expects {channels}.")
-    bad = [s for s in x.shape[1:4] if s % self.divisor]
-    if bad:
+    if any(s % d for s, d in zip(x.shape[1:4], self.divisor)):
       raise InputError(
           f"Spatial size {tuple(x.shape[1:4])} is not divisible by {self.divisor} "
-          f"(= 2^(num_levels-1) with num_levels={self.num_levels}).")
+          f"(the pooling of num_levels={self.num_levels}, pool_per_axis "
+          f"{self.pool_per_axis or 'isotropic'}).")
 
   # -- forward -------------------------------------------------------------
 
@@ -173,7 +207,7 @@ class U2Net(nnx.Module):
       y = self.decoder[l](y, skips[l], sel)
       if l in self.ds_levels:
         h = leaky_relu(self.ds_norm[str(l)](self.ds_conv[str(l)](y, sel), sel))
-        ds = layers.upsample_nearest(h if ds is None else h + ds)
+        ds = layers.upsample_nearest(h if ds is None else h + ds, self.strides[l - 1])
     logits = self.out_conv(y, sel)
     if ds is not None:
       logits = logits + ds
@@ -203,7 +237,18 @@ def build_model(domains: Sequence[DomainSpec], model_cfg, *, seed: int = 0) -> U
       depthwise_impl=get("depthwise_impl", "auto"),
       dense_impl=get("dense_impl", "auto"),
       compute_dtype=jnp.dtype(get("compute_dtype", "float32")),
+      pool_per_axis=parse_pools(get("pool_per_axis", ())),
       rngs=nnx.Rngs(seed))
+
+
+def parse_pools(value) -> tuple[int, ...]:
+  """`model.pool_per_axis` as a tuple: () | (p_D, p_H, p_W) | 'p_D,p_H,p_W'."""
+  if isinstance(value, str):
+    value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+  try:
+    return tuple(int(v) for v in value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"model.pool_per_axis must be 3 integers (D, H, W), got {value!r}.") from None
 
 
 # -- parameter collections -------------------------------------------------

@@ -96,6 +96,8 @@ def architecture(config, specs) -> dict:
   return {"mode": m.mode, "features_root": int(m.features_root),
           "num_levels": int(m.num_levels), "downsample": m.downsample,
           "deep_supervision": bool(m.deep_supervision),
+          **({"pool_per_axis": list(models.parse_pools(m.pool_per_axis))}
+             if m.get("pool_per_axis") else {}),
           "domains": {d.name: [d.in_channels, d.num_classes] for d in specs}}
 
 
