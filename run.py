@@ -6,7 +6,6 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
   python run.py --mode=export --workdir=DIR [--domain=NAME]
 """
 
-import os
 import sys
 
 from absl import app

@@ -29,11 +29,7 @@ transparent huge pages (see `reexec_with_hugepages`).
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
-
-_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import argparse
 import datetime
@@ -46,8 +42,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
@@ -239,7 +233,8 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),
   }
-  del holder, state
+  holder.clear()  # frees the train state (the closure above keeps `holder`)
+  del state
   if window and p["window_volume"]:
     out.update(sliding_window_bench(parts, params, p["window_volume"], patch,
                                     p["batch_per_device"], dev))

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
@@ -50,7 +47,8 @@ def main():
     for impl in impls:
       fwd = jax.jit(lambda x, w, impl=impl: depthwise.depthwise_conv3d(x, w, stride, impl))
       grad = jax.jit(jax.grad(
-          lambda x, w, cot, impl=impl: jnp.sum(depthwise.depthwise_conv3d(x, w, stride, impl) * cot),
+          lambda x, w, cot, impl=impl: jnp.sum(
+              depthwise.depthwise_conv3d(x, w, stride, impl) * cot),
           argnums=(0, 1)))
       t0 = time.perf_counter()
       jax.block_until_ready(fwd(x, w))

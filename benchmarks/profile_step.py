@@ -18,20 +18,16 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-import bench  # pylint: disable=g-import-not-at-top
+from benchmarks import bench  # pylint: disable=g-import-not-at-top
 from u2net_jax import train
 
 
@@ -149,7 +145,7 @@ def main():
   for name, t in totals.items():
     if not name.startswith(("$", "ThunkExecutor", "PjitFunction")):
       groups[re.sub(r"\.\d+$", "", name)] += t
-  print(f"by kind (s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in groups.most_common(12)))
+  print("by kind (s per step): " + ", ".join(f"{k} {v:.3f}" for k, v in groups.most_common(12)))
   if args.hlo:
     by_src = collections.Counter()
     where = _hlo_sources(compiled.as_text())

@@ -53,11 +53,7 @@ voxels / median time. Eager mode compiles nothing: `compile_s` is 0 and
 
 from __future__ import annotations
 
-import os as _os
-import sys as _sys
-
-_sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
-import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import argparse
 import datetime

@@ -30,8 +30,6 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 from experiments import ablation_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -40,8 +40,6 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 from experiments import ablation_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -54,7 +52,8 @@ VARIANTS = {
 }
 BASE_ROW = "separable"  # the table's row whose runs are the default base
 TABLE_ROWS = {"table: added (Adam 2e-2)": "separable_add_spleen",
-              "table: independent spleen model": "separable_add_spleen/seed{seed}/independent_spleen"}
+              "table: independent spleen model":
+                  "separable_add_spleen/seed{seed}/independent_spleen"}
 
 FLAGS = flags.FLAGS
 
@@ -118,7 +117,8 @@ def render(rows: dict, meta: dict) -> str:
       curve = ", ".join(f"{s}: {statistics.mean(c[i][1] for c in curves):.3f}"
                         for i, s in enumerate(steps) if all(len(c) > i for c in curves))
     ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-    lines.append(f"| {name} | {ov} | {len(finals)}/{len(seeds)} | {ablation_runs.mean_sd(finals)} | {curve} |")
+    lines.append(f"| {name} | {ov} | {len(finals)}/{len(seeds)} | "
+                 f"{ablation_runs.mean_sd(finals)} | {curve} |")
   return "\n".join(lines) + "\n"
 
 

@@ -73,8 +73,6 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.settings import setting_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -400,7 +398,8 @@ def render_markdown(table: dict) -> str:
            "(one complete seed: its value alone); `seeds`: complete / asked for.", "",
            *_setting_lines(table), "",
            "Train time: mean per run of the training loop (`train_seconds`: steps and "
-           "checkpoint saves; no compile, no evaluation); Dice: mean over each domain's validation cases and "
+           "checkpoint saves; no compile, no evaluation); Dice: mean over each domain's "
+           "validation cases and "
            "classes, at the last step."]
   if any(r["setting"] == "separable_equal_time" for r in table["rows"]):
     lines += ["`separable_equal_time`: the separable model trained for more steps, in "

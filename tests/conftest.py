@@ -8,7 +8,6 @@ so the smoke programs are compiled once, not once per test module.
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 # Must happen before JAX is imported anywhere.
@@ -21,6 +20,3 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)

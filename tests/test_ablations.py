@@ -1,4 +1,7 @@
-"""experiments/new_domain_ablation.py and gap_ablation.py: variants are the table's configs plus one change."""
+"""experiments/new_domain_ablation.py and gap_ablation.py.
+
+Their variants are the table's configs plus one change.
+"""
 
 import json
 import os
@@ -6,8 +9,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 from experiments import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import new_domain_ablation as ablation  # pylint: disable=g-import-not-at-top,wrong-import-position

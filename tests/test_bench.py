@@ -10,10 +10,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-sys.path.insert(0, ROOT)
 
-import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_smoke_preset_prints_one_json_object_with_every_key(tmp_path):

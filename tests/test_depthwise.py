@@ -77,7 +77,8 @@ def test_bad_inputs_raise_value_errors():
 
 # -- the 'fused' fast path (custom VJP: blocked shifts, elementwise kernel grad) ---
 
-FUSED_SHAPES = [(2, 8, 8, 8, 4), (1, 6, 10, 7, 3), (1, 5, 4, 9, 2), (3, 9, 5, 6, 2), (1, 1, 3, 2, 1)]
+FUSED_SHAPES = [(2, 8, 8, 8, 4), (1, 6, 10, 7, 3), (1, 5, 4, 9, 2), (3, 9, 5, 6, 2),
+                (1, 1, 3, 2, 1)]
 
 
 @pytest.mark.parametrize("stride", [1, 2])

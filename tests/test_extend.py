@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +13,8 @@ from u2net_jax import config_utils, train
 from u2net_jax.errors import CheckpointError, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
-import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _config(module, data_dir, **overrides):

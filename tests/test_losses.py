@@ -275,6 +275,7 @@ def test_loss_options_come_from_the_train_config_and_are_checked():
   assert config_utils.loss_options(t) == {"classes": "all", "detach_modulator": True}
   assert config_utils.loss_options(ml_collections.ConfigDict({"loss": "dice_ce"})) == {}
   with pytest.raises(ConfigError, match="lovasz_classes 'some'"):
-    config_utils.loss_options(ml_collections.ConfigDict({"loss": "lovasz", "lovasz_classes": "some"}))
+    config_utils.loss_options(
+        ml_collections.ConfigDict({"loss": "lovasz", "lovasz_classes": "some"}))
   with pytest.raises(ConfigError, match="train.loss 'hinge'"):
     config_utils.loss_options(ml_collections.ConfigDict({"loss": "hinge"}))

@@ -272,9 +272,7 @@ def test_registered_configs_and_variants():
 
 
 def test_msd_preset_builds_with_the_official_normalization():
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments"))
-  import five_domain  # pylint: disable=g-import-not-at-top
+  from experiments import five_domain  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
   from u2net_jax.data import datasets  # pylint: disable=g-import-not-at-top
   c = five_domain.get_config("msd")

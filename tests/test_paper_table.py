@@ -9,8 +9,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 import smoke_workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -223,7 +221,8 @@ def _fake_trainer(root, started):
                     "init_from": config.get("init_from", ""),
                     "compare": config.get("extend", {}).get("compare_independent")})
     tasks = config.data.tasks.split(",")
-    steps, every, base = int(config.train.steps), int(config.train.eval_every), 0.1 + config.seed / 10
+    steps, every = int(config.train.steps), int(config.train.eval_every)
+    base = 0.1 + config.seed / 10
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
       for s in range(every, steps, every):
@@ -278,7 +277,8 @@ def test_max_runs_fills_the_table_over_invocations(tmp_path, monkeypatch):
   assert by["separable_add_spleen/seed1"]["steps"] == 2  # max(10 // 4, 2)
   assert by["separable_equal_time/seed0"]["steps"] == 15
   assert all(s["seed"] == int(s["rel"].split("seed")[1][0]) for s in started)
-  assert by["shared/seed0"]["eval_every"] == 2 and by["separable_equal_time/seed1"]["eval_every"] == 3
+  assert by["shared/seed0"]["eval_every"] == 2
+  assert by["separable_equal_time/seed1"]["eval_every"] == 3
   table = json.loads((results / "paper_table.json").read_text())
   assert table["incomplete_runs"] == [] and table["seeds"] == [0, 1]
   for r in table["rows"]:

@@ -1,7 +1,5 @@
 """The official resize of source patches (`data.source_patch`): parsing, resizing, round trips."""
 
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -10,9 +8,7 @@ from scipy import ndimage
 from u2net_jax import config_utils, rescale, stream
 from u2net_jax.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 # -- config ---------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import pytest
 from u2net_jax import layers, param_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _run(*args):

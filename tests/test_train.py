@@ -11,14 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import smoke_workdir
-from u2net_jax import config_utils, layers, train
+from u2net_jax import config_utils, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
-import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +132,8 @@ def test_idle_domains_are_bit_identical_and_non_finite_steps_change_nothing(data
     state, out = step(state, _batch(config, mesh, i, specs), *lr)
     assert bool(out["finite"])
   after = jax.tree.map(np.asarray, state)
-  assert_trees_equal(before["params"]["domains"]["prostate"], after["params"]["domains"]["prostate"])
+  assert_trees_equal(before["params"]["domains"]["prostate"],
+                     after["params"]["domains"]["prostate"])
   assert_trees_equal(before["opt"]["domains"]["prostate"], after["opt"]["domains"]["prostate"])
   assert all(not np.array_equal(x, y) for x, y in zip(
       jax.tree.leaves(before["params"]["domains"]["heart"]),

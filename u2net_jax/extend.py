@@ -68,7 +68,7 @@ def _rename_map(value) -> dict:
 
 
 def _similar(spec, base_specs) -> str | None:
-  """The base domain most like `spec`: same channels and classes; then same modality, nearest spacing."""
+  """The base domain most like `spec`: same channels and classes, then modality, then spacing."""
   fits = [b for b in base_specs
           if (b.in_channels, b.num_classes) == (spec.in_channels, spec.num_classes)]
   if not fits:

@@ -252,7 +252,8 @@ class Conv(nnx.Module):
       self.kernel = nnx.Dict({
           n: DomainParam(he_normal(k ** 3 * fin(n))(rngs.params(), (k, k, k, fin(n), fout(n))))
           for n in names})
-    self.bias = (make_weight(rngs, constant(0.0), (lambda n: (fout(n),)) if names else (fout(None),),
+    bias_shape = (lambda n: (fout(n),)) if names else (fout(None),)
+    self.bias = (make_weight(rngs, constant(0.0), bias_shape,
                              names) if use_bias else None)
     self.stride = stride
     self.dtype = dtype

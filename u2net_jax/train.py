@@ -9,7 +9,6 @@ every process; the data axis of the mesh spans all devices of all processes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import signal
 import threading

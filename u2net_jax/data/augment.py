@@ -187,7 +187,8 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
   return rz @ ry @ rx
 
 
-def crop_patch(image: np.ndarray, label: np.ndarray, center, patch) -> tuple[np.ndarray, np.ndarray]:
+def crop_patch(image: np.ndarray, label: np.ndarray, center,
+               patch) -> tuple[np.ndarray, np.ndarray]:
   """Axis-aligned patch centred on `center`; outside the volume is 0 (background)."""
   patch = tuple(int(p) for p in patch)
   start = [int(c) - p // 2 for c, p in zip(center, patch)]

@@ -1,0 +1,1 @@
+"""Benchmarks: step/inference timing, the PyTorch reference, device checks (BENCHMARKS.md)."""
