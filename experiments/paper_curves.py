@@ -19,6 +19,8 @@ import json
 import math
 import os
 
+from u2net_jax import io
+
 SD_NOTE = "sample standard deviation (ddof=1) across seeds; none for a single seed"
 
 
@@ -157,5 +159,5 @@ def plot(curves: dict, path: str, title: str = "") -> None:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
-  os.replace(path + ".tmp.png", path)
+  with io.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110)

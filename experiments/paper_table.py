@@ -74,6 +74,7 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from u2net_jax import io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.settings import setting_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -435,9 +436,7 @@ def _cpu_vector_flags() -> list[str]:
 
 
 def _write(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  io.write_text(path, text)
 
 
 def write_outputs(runs: list[Run], new_domains, meta: dict, results_dir: str) -> dict:

@@ -10,35 +10,17 @@ float32's size and memory.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 
 import nibabel as nib
 import numpy as np
 
+from u2net_jax import io
 from u2net_jax.data import nifti
-
-
-@contextlib.contextmanager
-def _atomic(path: str):
-  """Yields a temporary path beside `path` (same extension); renames it on success."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  name = os.path.basename(path)
-  ext = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
-  tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name[:-len(ext)]}{ext}")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def save_label(path: str, label: np.ndarray, meta: nifti.NiftiMeta) -> None:
   """(D, H, W) uint8 labels with `meta`'s affine, header geometry and shape."""
-  with _atomic(path) as tmp:
+  with io.atomic_path(path) as tmp:
     nifti.save_label(tmp, label, meta)
 
 
@@ -66,5 +48,5 @@ def save_probabilities(path: str, probs_u8: np.ndarray, meta: nifti.NiftiMeta) -
   img.header.set_slope_inter(1.0 / 255.0, 0.0)
   img.header["cal_min"] = 0
   img.header["cal_max"] = 1
-  with _atomic(path) as tmp:
+  with io.atomic_path(path) as tmp:
     nib.save(img, tmp)

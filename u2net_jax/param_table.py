@@ -6,12 +6,12 @@ paper-scale independent models cost nothing) and reads no data.
 
 from __future__ import annotations
 
-import json
 import os
 
 from flax import nnx
 
 from u2net_jax import config_utils
+from u2net_jax import io
 from u2net_jax import models
 
 
@@ -45,10 +45,6 @@ def run(config, workdir: str) -> dict:
   counts = count(config)
   independent = count(config, "independent")["total"]
   print(format_table(counts, independent), flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "params.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(counts, f, indent=2)
-  os.replace(path + ".tmp", path)
+  path = io.write_json(os.path.join(workdir, "params.json"), counts)
   print(f"wrote {path}")
   return counts

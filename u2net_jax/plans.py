@@ -18,6 +18,7 @@ import json
 import os
 from typing import Mapping, Sequence
 
+from u2net_jax import io
 from u2net_jax.errors import ConfigError
 
 PLANS_FILE = "preprocessing.json"
@@ -100,14 +101,8 @@ def from_metadata(spec, metadata: Mapping, dataset_dir: str = "") -> DomainPlan:
 
 def write(workdir: str, plans: Sequence[DomainPlan]) -> str:
   """Writes `<workdir>/preprocessing.json` atomically; returns its path."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, PLANS_FILE)
   body = {"format_version": FORMAT_VERSION, "domains": {p.name: p.to_dict() for p in plans}}
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(body, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return io.write_json(os.path.join(workdir, PLANS_FILE), body)
 
 
 def read(workdir: str) -> dict[str, DomainPlan] | None:

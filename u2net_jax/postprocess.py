@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from u2net_jax import metrics
+from u2net_jax import io, metrics
 
 DECISIONS_FILE = "postprocessing.json"
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
@@ -142,7 +142,4 @@ def write_decision(workdir: str, domain: str, step: int, classes: dict, cases: i
     body = {}
   body[domain] = {"step": int(step), "cases": int(cases), "classes": classes,
                   "rule": "largest connected component where it raises mean validation Dice"}
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(body, f, indent=2)
-  os.replace(tmp, path)
+  io.write_json(path, body)
