@@ -81,7 +81,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.synthetic.base_seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.mode = "separable"           # separable|independent|shared|series_adapter|parallel_adapter
+  # separable | independent | shared | series_adapter | parallel_adapter
+  c.model.mode = "separable"
   c.model.downsample = "separable"     # 'dense' = the official code's stride-2 convs
   c.model.features_root = 8            # F0; level l has F0·2^l features
   c.model.num_levels = 4
@@ -156,6 +157,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.max_cases = 0                 # 0 = all validation cases
   c.eval.during_training_max_cases = 0  # evaluations every eval_every steps (0 = max_cases)
   c.eval.surface_tolerance_mm = 2.0
+  c.eval.dice_grid = "preprocessed"    # metrics grid: preprocessed | original (MSD source files)
 
   # Off for the short synthetic run (it learns faster without); on for msd.
   # The official code's transforms are options (u2net_jax/data/augment.py; the
@@ -212,6 +214,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.window_batch = 2
     c.eval.blend = "official"
     c.eval.postprocess = "official"
+    c.eval.dice_grid = "original"       # official: Dice vs the source NIfTI label
   elif preset == "smoke":
     c.data.tasks = "heart,prostate"
     c.data.patch_size = (16, 16, 16)

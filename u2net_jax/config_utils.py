@@ -105,6 +105,7 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
 LOVASZ_CLASSES = ("present", "all")
 SCHEDULES = ("constant", "poly", "plateau", "loss_plateau")
 EVAL_POSTPROCESS = ("none", "official")
+EVAL_DICE_GRIDS = ("preprocessed", "original")  # evaluate.evaluate_domain
 
 
 def loss_options(tcfg) -> dict:
@@ -161,6 +162,14 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
     raise ConfigError(f"eval.blend {ev.blend!r} is not one of {inference.BLENDS}.")
   if ev is not None and ev.get("postprocess", "none") not in EVAL_POSTPROCESS:
     raise ConfigError(f"eval.postprocess {ev.postprocess!r} is not one of {EVAL_POSTPROCESS}.")
+  if ev is not None and ev.get("dice_grid", "preprocessed") not in EVAL_DICE_GRIDS:
+    raise ConfigError(f"eval.dice_grid {ev.dice_grid!r} is not one of {EVAL_DICE_GRIDS}.")
+  if ev is not None and ev.get("dice_grid", "preprocessed") == "original" and (
+      config.data.source != "msd"):
+    # The original grid's reference is the source label file (data/reference.py).
+    raise ConfigError(f"eval.dice_grid='original' needs MSD data (data.source='msd', got "
+                      f"{config.data.source!r}): synthetic volumes have no source files; "
+                      "use eval.dice_grid='preprocessed'.")
   norm = config.data.get("normalization", "nnunet")
   if norm not in preprocess.SCHEMES:
     raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")
@@ -184,9 +193,11 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
       models.level_strides(int(m.num_levels), models.parse_pools(m.get("pool_per_axis", ()))))
   patch = patch_size(config)
   if any(p % d for p, d in zip(patch, divisor)):
+    pools = tuple(m.get("pool_per_axis", ())) or "isotropic"
+    shown = divisor[0] if len(set(divisor)) == 1 else divisor
     raise ConfigError(
-        f"config.data.patch_size {patch} is not divisible by {divisor} (the pooling of "
-        f"num_levels={m.num_levels}, pool_per_axis {tuple(m.get('pool_per_axis', ())) or 'isotropic'}).")
+        f"config.data.patch_size {patch} is not divisible by {shown} (the pooling of "
+        f"num_levels={m.num_levels}, pool_per_axis {pools}).")
   return specs
 
 

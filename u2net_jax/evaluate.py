@@ -1,12 +1,21 @@
 """Per-domain evaluation: sliding-window prediction of whole volumes + metrics.
 
-Metrics are computed on the preprocessed grid with its spacing (mm): Dice,
-HD95 and normalized surface Dice per foreground class, averaged over cases.
+Dice, HD95 and normalized surface Dice per foreground class, averaged over
+cases, on one of two grids (`eval.dice_grid`):
+  * 'preprocessed' (default): the stored (cropped, resampled) grid against the
+    stored label, with the stored spacing (mm).
+  * 'original' (`:msd`, the official code's `evaluate.segment_one_image`
+    L282–283 and `evaluate` L326–355): the prediction is mapped back into the
+    crop box of the source volume, zeros outside (`preprocess.invert_label`
+    with nearest-neighbour resampling, as the official code), and scored
+    against the source NIfTI label (a `reference`, e.g.
+    `data.reference.msd_reference`) with the source spacing. Only this grid
+    sees reference foreground outside the crop box.
 `eval.postprocess=official` applies the official code's post-processing
-(`postprocess.official`) to each prediction first; 'none' (default) does not.
-A domain with a source patch (`data.source_patch`) is predicted through the
-official whole-volume resize (`rescale.predict_labels`); metrics stay on the
-preprocessed grid.
+(`postprocess.official`) to each prediction first, on the preprocessed grid as
+the official code does; 'none' (default) does not. A domain with a source
+patch (`data.source_patch`) is predicted through the official whole-volume
+resize (`rescale.predict_labels`), which returns labels on the preprocessed grid.
 """
 
 from __future__ import annotations
@@ -16,7 +25,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from u2net_jax import metrics, postprocess, rescale
+from u2net_jax.data import preprocess
 from u2net_jax.domains import DomainSpec
+from u2net_jax.errors import DataError, InputError
+
+# What an example must carry to go back to its source grid (tfds_builders/common.py).
+GEOMETRY_KEYS = ("crop_box", "original_shape", "original_spacing", "spacing")
 
 
 def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_cfg,
@@ -34,11 +48,55 @@ def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_
   return labels
 
 
+def to_original_grid(pred: np.ndarray, example: dict, reference: Callable,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+  """(pred, label, spacing) on the source grid of `example`.
+
+  Args:
+    pred: (D', H', W') class ids on the example's preprocessed grid.
+    example: with `case_id` and GEOMETRY_KEYS (as the builders store them).
+    reference: example -> (label (D, H, W), spacing mm (z, y, x)) of the source.
+    num_classes: K.
+  Returns:
+    pred uint8 (D, H, W) (zeros outside the crop box), label (D, H, W), spacing mm.
+  """
+  case = example.get("case_id")
+  missing = [k for k in GEOMETRY_KEYS if k not in example]
+  if missing:
+    raise DataError(f"Case {case!r} lacks {missing}: the Dice on the original grid needs the "
+                    "geometry every builder stores (tfds_builders/common.py).")
+  label, spacing = reference(example)
+  label = np.asarray(label)
+  spacing = tuple(float(s) for s in spacing)
+  stored = np.asarray(example["original_spacing"], np.float64).reshape(-1)
+  # The stored spacing is float32 of the same header: a larger gap means another file.
+  if stored.shape != (3,) or not np.allclose(spacing, stored, rtol=0,
+                                             atol=preprocess.SPACING_ATOL):
+    raise DataError(f"Case {case!r}: reference spacing {spacing} mm differs from the stored "
+                    f"original_spacing {stored.tolist()} mm.")
+  try:
+    # Nearest neighbour, as the official evaluation resamples (sitk nearest).
+    pred = preprocess.invert_label(pred, example["crop_box"], example["original_shape"],
+                                   example["original_spacing"], example["spacing"], num_classes,
+                                   order=0)
+  except InputError as e:
+    raise DataError(f"Case {case!r}: {e}") from e
+  if label.shape != pred.shape:
+    raise DataError(f"Case {case!r}: reference label shape {label.shape} differs from the "
+                    f"stored original_shape {pred.shape}.")
+  return pred, label, spacing
+
+
 def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: DomainSpec, patch,
-                    eval_cfg, *, channels: int | None = None, source_patch=None) -> dict:
+                    eval_cfg, *, channels: int | None = None, source_patch=None,
+                    reference: Callable | None = None) -> dict:
   """Metrics of one domain over labelled `examples` (dicts: image, label, spacing, case_id).
 
   `source_patch`: see `predict_volume`.
+  `reference`: None = score on the preprocessed grid; else example -> (label
+  uint8 (D, H, W), spacing mm (z, y, x)) on the source grid, and the metrics are
+  computed there (`to_original_grid`; examples then need GEOMETRY_KEYS).
+  The result's `grid` says which ('preprocessed' or 'original').
   """
   names = spec.class_names[1:]
   k = spec.num_classes
@@ -49,8 +107,11 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
                           source_patch=source_patch)
     if eval_cfg.get("postprocess", "none") == "official":
       pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
-    label = np.asarray(ex["label"])
-    spacing = tuple(float(s) for s in ex["spacing"])
+    if reference is None:
+      label = np.asarray(ex["label"])
+      spacing = tuple(float(s) for s in ex["spacing"])
+    else:
+      pred, label, spacing = to_original_grid(pred, ex, reference, k)
     d = metrics.dice(pred, label, k)
     h = metrics.hd95_per_class(pred, label, spacing, k)
     s = metrics.surface_dice_per_class(pred, label, spacing, tol, k)
@@ -65,5 +126,6 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
       "hd95_mm": {n: float(v) for n, v in zip(names, np.mean(hds, axis=0))},
       "surface_dice": {n: float(v) for n, v in zip(names, np.mean(sds, axis=0))},
       "cases": len(examples),
+      "grid": "preprocessed" if reference is None else "original",
       "per_case": per_case,
   }

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from u2net_jax import checkpoint as ckpt_lib
 from u2net_jax import config_utils, evaluate, extend, layers, logging_utils, losses, models, optim
 from u2net_jax import plans, rescale, schedules
-from u2net_jax.data import augment, datasets, pipeline
+from u2net_jax.data import augment, datasets, pipeline, reference
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
 
 
@@ -208,9 +208,13 @@ def run_evaluation(parts, params, specs, val_examples, config, patch, channels, 
     if max_cases:
       examples = examples[:max_cases]
     t0 = time.time()
+    # eval.dice_grid=original: score against the source NIfTI label (official).
+    ref = (reference.msd_reference(config.data.manual_dir, spec.name)
+           if config.eval.get("dice_grid", "preprocessed") == "original" else None)
     res = evaluate.evaluate_domain(predict_for(params, i), examples, spec, patch, config.eval,
                                    channels=channels,
-                                   source_patch=rescale.for_domain(config, spec.name))
+                                   source_patch=rescale.for_domain(config, spec.name),
+                                   reference=ref)
     log(f"  eval {spec.name}: mean Dice {res['mean_dice']:.3f} "
         f"({res['cases']} cases, {time.time() - t0:.1f} s)")
     out[spec.name] = res
@@ -588,6 +592,7 @@ def make_summary(step, mode, results, dataset_meta, counts, train_seconds) -> di
       "step": int(step), "mode": mode,
       "domains": {n: {"dice": r["dice"], "mean_dice": r["mean_dice"], "hd95_mm": r["hd95_mm"],
                       "surface_dice": r["surface_dice"], "cases": r["cases"],
+                      "grid": r.get("grid", "preprocessed"),
                       "threshold_baseline_dice": dataset_meta[n].get("threshold_baseline_dice")}
                   for n, r in results.items()},
       "params": {k: counts[k] for k in ("shared", "per_domain", "total")},

@@ -146,9 +146,11 @@ def resize(image, out_shape, order: int = 3) -> np.ndarray:
                    for c in range(image.shape[-1])], axis=-1)
 
 
-def resize_label(label, out_shape, num_classes: int) -> np.ndarray:
-  """Resizes (D, H, W) class ids to out_shape with one-hot linear interpolation.
+def resize_label(label, out_shape, num_classes: int, order: int = 1) -> np.ndarray:
+  """Resizes (D, H, W) class ids to out_shape on the grid of `resize`.
 
+  order 1: one-hot linear interpolation (smooth boundaries); order 0: nearest
+  neighbour (the official code's label resampling, SimpleITK nearest).
   Returns uint8 (D', H', W'). Raises InputError on ids outside [0, num_classes).
   """
   label = np.asarray(label)
@@ -162,6 +164,11 @@ def resize_label(label, out_shape, num_classes: int) -> np.ndarray:
   out_shape = tuple(int(s) for s in out_shape)
   if out_shape == label.shape:
     return label.astype(np.uint8)
+  if order == 0:
+    near = _resize_volume(label.astype(np.float32), out_shape, order=0)
+    return np.rint(near).astype(np.uint8)
+  if order != 1:
+    raise InputError(f"Label resize order must be 0 (nearest) or 1 (one-hot linear), got {order}.")
   # Running max over classes keeps memory at two float volumes.
   best = np.full(out_shape, -np.inf, np.float32)
   out = np.zeros(out_shape, np.uint8)
@@ -343,7 +350,7 @@ def preprocess_case(image, spacing, modality, target_spacing, stats=None, label=
 
 
 def invert_label(pred, crop_box, original_shape, original_spacing, target_spacing,
-                 num_classes: int) -> np.ndarray:
+                 num_classes: int, order: int = 1) -> np.ndarray:
   """Maps a label on the preprocessed grid back to the source grid.
 
   Args:
@@ -352,7 +359,9 @@ def invert_label(pred, crop_box, original_shape, original_spacing, target_spacin
     original_shape: source (D, H, W).
     original_spacing, target_spacing: mm (z, y, x), used to check that `pred`
       is on the grid they imply for the cropped box.
-    num_classes: class count (one-hot linear resampling).
+    num_classes: class count.
+    order: 1 one-hot linear (predict/export), 0 nearest (the official
+      evaluation's resampling; `eval.dice_grid=original`).
   Returns:
     uint8 (D, H, W): `pred` resized to the crop box, zeros outside it.
   """
@@ -367,5 +376,5 @@ def invert_label(pred, crop_box, original_shape, original_spacing, target_spacin
     raise InputError(f"Prediction shape {pred.shape} is not the preprocessed grid "
                      f"{expected} of crop box {box.tolist()} at {tuple(target_spacing)} mm.")
   out = np.zeros(original_shape, np.uint8)
-  out[_box_slices(box)] = resize_label(pred, box_shape, num_classes)
+  out[_box_slices(box)] = resize_label(pred, box_shape, num_classes, order)
   return out
