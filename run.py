@@ -76,8 +76,9 @@ def main(argv):
     # --verbosity=0 brings the libraries' INFO logs back.
     logging_utils.quiet_library_logs()
   # Imported here so `--help` stays fast.
-  from u2net_jax import config_utils, param_table, train  # pylint: disable=g-import-not-at-top
-  from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils, param_table  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import export, exported, predict  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.config is None:
@@ -86,7 +87,7 @@ def main(argv):
                          "(evaluate needs --config or --workdir of a trained run)")
       workdir = FLAGS.workdir
       # predict also runs from an export folder (W/export/<domain>), which has no config.
-      config = (None if FLAGS.mode == "predict" and export.is_export_dir(workdir)
+      config = (None if FLAGS.mode == "predict" and exported.is_export_dir(workdir)
                 else config_utils.load_config(workdir))
     else:
       config, path, preset = _config_and_preset()

@@ -49,7 +49,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import five_domain
-from u2net_jax import dense, depthwise, models, train
+from u2net_jax.model import dense, depthwise, models
+from u2net_jax.train import train
 from u2net_jax.domains import DomainSpec
 
 DOMAINS = ("heart", "liver", "hippocampus", "prostate", "pancreas")
@@ -246,11 +247,11 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
 def sliding_window_bench(parts, params, size: int, patch, window_batch: int, device) -> dict:
   """Times the production sliding window over a size³ volume on one device.
 
-  `stream.predict_labels` (what evaluation, predict and export run): bounded
+  `sliding_window.predict_labels` (what evaluation, predict and export run): bounded
   memory, Gaussian-weighted softmax, arg-max labels. One warm-up run on a
   single window compiles first.
   """
-  from u2net_jax import stream  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import sliding_window  # pylint: disable=g-import-not-at-top
 
   local = jax.device_put(jax.tree.map(lambda a: a.addressable_data(0), params), device)
   d = jnp.int32(0)
@@ -262,12 +263,13 @@ def sliding_window_bench(parts, params, size: int, patch, window_batch: int, dev
   fn = lambda x: np.asarray(predict(local, jax.device_put(x, device), d))
   vol = np.random.default_rng(1).standard_normal((size,) * 3 + (1,), np.float32)
   kw = dict(overlap=0.5, batch_size=window_batch)
-  stream.predict_labels(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
+  sliding_window.predict_labels(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
   t0 = time.perf_counter()
-  labels, _ = stream.predict_labels(vol, fn, patch, 2, **kw)
+  labels, _ = sliding_window.predict_labels(vol, fn, patch, 2, **kw)
   dt = time.perf_counter() - t0
   assert labels.shape == (size,) * 3
-  return {"window_volume": [size] * 3, "window_count": stream.num_windows(vol.shape[:3], patch),
+  return {"window_volume": [size] * 3,
+          "window_count": sliding_window.num_windows(vol.shape[:3], patch),
           "window_batch": window_batch, "window_s": dt, "window_voxels_per_s": size ** 3 / dt,
           "window_peak_device_mb": _device_peak_mb(device)}
 

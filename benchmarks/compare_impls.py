@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench  # pylint: disable=g-import-not-at-top
-from u2net_jax import train
+from u2net_jax.train import train
 
 
 def _autodiff_norm(x, scale, bias, eps=1e-5, act=False):
   """InstanceNorm (+ LeakyReLU) as plain jax.numpy, differentiated by autodiff."""
-  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import layers  # pylint: disable=g-import-not-at-top
   xf = x.astype(jnp.float32)
   mean = jnp.mean(xf, axis=(1, 2, 3), keepdims=True)
   var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 3), keepdims=True)
@@ -87,7 +87,7 @@ def main():
     bench.reexec_with_hugepages()
   impls = args.impls.split(",")
   built = {}
-  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import layers  # pylint: disable=g-import-not-at-top
   fast_norm = layers.instance_norm
   for impl in impls:
     # 'IMPL/autodiff_norm': the same with InstanceNorm differentiated by

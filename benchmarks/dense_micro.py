@@ -30,7 +30,7 @@ if ROOT not in sys.path:
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
-from u2net_jax import dense
+from u2net_jax.model import dense
 
 DEFAULT_SHAPES = ("2x64x64x64x1-16:1,2x32x32x32x1-8:1,2x32x32x32x8-8:1,2x32x32x32x16-8:1,"
                   "2x32x32x32x8-16:2,2x16x16x16x16-16:1")

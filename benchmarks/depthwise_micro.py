@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
-from u2net_jax import depthwise
+from u2net_jax.model import depthwise
 
 DEFAULT_SHAPES = "2x64x64x64x16:1,2x64x64x64x32:1,2x64x64x64x16:2,2x32x32x32x32:1"
 

@@ -29,7 +29,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
 from benchmarks import bench  # pylint: disable=g-import-not-at-top
-from u2net_jax import depthwise
+from u2net_jax.model import depthwise
 
 
 def reduce_full(x, g):

@@ -88,14 +88,16 @@ def main():
     peak_mib = usage.ru_maxrss / 1024
     label = nib.load(os.path.join(out, "ct.nii.gz"))
     sys.path.insert(0, ROOT)
-    from u2net_jax import plans, stream  # pylint: disable=g-import-not-at-top
+    from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
+    from u2net_jax.infer import sliding_window  # pylint: disable=g-import-not-at-top
     from u2net_jax.data import preprocess  # pylint: disable=g-import-not-at-top
     plan = plans.read(args.workdir)["liver"]
     grid = preprocess.target_shape((300, 512, 512), (1.5, 0.78, 0.78), plan.target_spacing)
     result = {
         "input_shape_ijk": [512, 512, 300], "input_spacing_xyz_mm": [0.78, 0.78, 1.5],
         "output_shape": list(label.shape), "model_grid_dhw": list(grid),
-        "patch": list(plan.patch_size), "windows": stream.num_windows(grid, plan.patch_size),
+        "patch": list(plan.patch_size),
+        "windows": sliding_window.num_windows(grid, plan.patch_size),
         "wall_s": round(wall, 1), "peak_rss_mib": round(peak_mib),
         "cpu_count": os.cpu_count(),
         "log": lines[-1],

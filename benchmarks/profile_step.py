@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench  # pylint: disable=g-import-not-at-top
-from u2net_jax import train
+from u2net_jax.train import train
 
 
 def _hlo_sources(text: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ Usage:
   python benchmarks/window_scaling.py [--sizes=64,128,192] [--preset=cpu] [--out FILE]
 
 For each size S it runs, in a fresh child process (so that each peak RSS is
-its own), the production sliding window (`stream.predict_labels`: 50 %
+its own), the production sliding window (`sliding_window.predict_labels`: 50 %
 overlap, Gaussian weights, arg-max labels, bounded host memory) of the
 preset's model (`bench.py`'s presets; random weights — time does not depend
 on them) over an S³ volume, after a one-window warm-up that compiles. Prints
@@ -33,7 +33,8 @@ def measure(preset: str, size: int) -> dict:
   from flax import nnx
 
   from benchmarks import bench
-  from u2net_jax import models, stream
+  from u2net_jax.model import models
+  from u2net_jax.infer import sliding_window
 
   p = bench.PRESETS[preset]
   config = bench.make_config(preset, "auto")
@@ -49,12 +50,12 @@ def measure(preset: str, size: int) -> dict:
   fn = lambda x: np.asarray(predict(state, x))
   vol = np.random.default_rng(1).standard_normal((size,) * 3 + (1,), np.float32)
   kw = dict(overlap=0.5, batch_size=p["batch_per_device"])
-  stream.predict_labels(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
+  sliding_window.predict_labels(vol[:patch[0], :patch[1], :patch[2]], fn, patch, 2, **kw)  # compile
   t0 = time.perf_counter()
-  labels, _ = stream.predict_labels(vol, fn, patch, 2, **kw)
+  labels, _ = sliding_window.predict_labels(vol, fn, patch, 2, **kw)
   dt = time.perf_counter() - t0
   assert labels.shape == (size,) * 3
-  windows = stream.num_windows(vol.shape[:3], patch)
+  windows = sliding_window.num_windows(vol.shape[:3], patch)
   return {"preset": preset, "size": size, "voxels": size ** 3, "windows": windows,
           "seconds": dt, "voxels_per_s": size ** 3 / dt, "seconds_per_window": dt / windows,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

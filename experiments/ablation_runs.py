@@ -16,7 +16,7 @@ import time
 
 def train_once(name: str, seed: int, run_dir: str, config, is_complete) -> None:
   """Trains `config` in `run_dir` unless `is_complete(run_dir)`; exits 143 if preempted."""
-  from u2net_jax import train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   if is_complete(run_dir):
     return
   print(f"== {name} seed {seed}", flush=True)

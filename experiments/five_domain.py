@@ -151,7 +151,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.overlap = 0.5
   c.eval.mirror = False
-  c.eval.blend = "gaussian"            # window blend: gaussian (nnU-Net) | official (inference.py)
+  # Window blend: gaussian (nnU-Net) | official (u2net_jax/infer/sliding_window.py).
+  c.eval.blend = "gaussian"
   c.eval.postprocess = "none"          # none | official (closing + largest 1-2 components)
   c.eval.window_batch = 4
   c.eval.max_cases = 0                 # 0 = all validation cases

@@ -78,7 +78,8 @@ def variant_config(name: str, seed: int, steps: int, max_cases: int):
 
 def main(argv):
   del argv
-  from u2net_jax import logging_utils, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                         os.path.abspath(os.path.join(FLAGS.workdir, "jax_cache")))

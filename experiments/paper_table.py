@@ -491,7 +491,8 @@ def _check_flags() -> None:
 
 def main(argv):
   del argv
-  from u2net_jax import config_utils, logging_utils, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils, logging_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
   if not FLAGS["verbosity"].present:
     logging_utils.quiet_library_logs()

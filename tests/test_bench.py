@@ -51,7 +51,7 @@ def test_cpu_preset_is_the_issue_model():
 
 
 def test_window_scaling_reports_each_size_with_its_window_count(tmp_path):
-  from u2net_jax import stream  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import sliding_window  # pylint: disable=g-import-not-at-top
   out = tmp_path / "scaling.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
   proc = subprocess.run(
@@ -62,6 +62,6 @@ def test_window_scaling_reports_each_size_with_its_window_count(tmp_path):
   rows = json.loads(out.read_text())
   assert [r["size"] for r in rows] == [16, 40]
   for r in rows:
-    assert r["windows"] == stream.num_windows((r["size"],) * 3, (16, 16, 16))
+    assert r["windows"] == sliding_window.num_windows((r["size"],) * 3, (16, 16, 16))
     assert r["seconds"] > 0 and r["peak_rss_mb"] > 0
   assert rows[1]["windows"] > rows[0]["windows"] == 1

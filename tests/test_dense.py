@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from u2net_jax import dense, models
+from u2net_jax.model import dense, models
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError, InputError
 

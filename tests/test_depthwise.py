@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from u2net_jax import depthwise
+from u2net_jax.model import depthwise
 
 
 def _inputs(shape, k=3, seed=0):
@@ -136,7 +136,7 @@ def test_fused_bfloat16_matches_float32_reference():
 
 
 def test_pointwise_conv_equals_einsum_values_and_gradients():
-  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import layers  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(9), (2, 4, 6, 5, 3))
   k = jax.random.normal(jax.random.key(10), (3, 7))
   cot = jax.random.normal(jax.random.key(11), (2, 4, 6, 5, 7))
@@ -154,7 +154,8 @@ def test_fused_model_equals_lax_model_loss_and_gradients():
   # The whole separable U-Net (fused depthwise + fast pointwise conv) against
   # the plain formulation: same weights, loss and every gradient.
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from u2net_jax import losses, models  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import losses  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import models  # pylint: disable=g-import-not-at-top
   from u2net_jax.domains import DomainSpec  # pylint: disable=g-import-not-at-top
   specs = [DomainSpec("heart", ("mri",), ("bg", "fg")),
            DomainSpec("prostate", ("t2", "adc"), ("bg", "pz", "tz"))]
@@ -180,7 +181,7 @@ def test_fused_model_equals_lax_model_loss_and_gradients():
 @pytest.mark.parametrize("act", [False, True])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_instance_norm_custom_vjp_equals_autodiff(act, dtype):
-  from u2net_jax import layers  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import layers  # pylint: disable=g-import-not-at-top
 
   def plain(x, s, b):
     xf = x.astype(jnp.float32)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from test_msd_builder import _rewrite_json, write_task  # tiny MSD task folders
-from u2net_jax import config_utils, evaluate, metrics, postprocess
+from u2net_jax import config_utils, metrics
+from u2net_jax.infer import evaluate, postprocess
 from u2net_jax.data import preprocess, reference
 from u2net_jax.domains import DomainSpec
 from experiments import five_domain
@@ -164,7 +165,7 @@ def test_msd_reference_refuses_label_values_not_in_dataset_json(liver_task):
 
 
 def test_run_evaluation_scores_msd_cases_on_the_source_grid(tmp_path, monkeypatch):
-  from u2net_jax import train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   from u2net_jax.data import datasets  # pylint: disable=g-import-not-at-top
   manual = tmp_path / "manual"
   # CT with a zero border (cropped away by the build) and labels 0 / 1; every label

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import config_utils, export, models, plans, predict, train
+from u2net_jax import config_utils
+from u2net_jax.infer import export, predict
+from u2net_jax.infer import exported as loader
+from u2net_jax.model import models
+from u2net_jax.data import plans
+from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
 
 
@@ -63,7 +68,7 @@ def test_loaded_export_equals_the_in_process_model(exported):
   stored = plans.read(exported)
   evaluation = train.make_predict_fn(parts, jax.local_devices()[0])
   for index, spec in enumerate(specs):
-    loaded = export.load(os.path.join(exported, "export", spec.name))
+    loaded = loader.load(os.path.join(exported, "export", spec.name))
     in_process = predict.from_params(config, spec, stored[spec.name], params, step)
     for n in (1, 3):  # symbolic batch dimension
       x = _windows(n, spec.in_channels, seed=n)
@@ -80,15 +85,15 @@ def test_loaded_export_equals_the_in_process_model(exported):
 def test_loader_runs_without_flax(exported):
   code = (
       "import sys, numpy as np\n"
-      "from u2net_jax import export\n"
-      f"p = export.load({os.path.join(exported, 'export', 'prostate')!r})\n"
+      "from u2net_jax.infer import exported\n"
+      f"p = exported.load({os.path.join(exported, 'export', 'prostate')!r})\n"
       "x = np.zeros((2, 16, 16, 16, 2), np.float32)\n"
       "assert p(x).shape == (2, 16, 16, 16, 3)\n"
       "labels, _ = p.predict_volume(np.zeros((20, 18, 17, 2), np.float32))\n"
       "assert labels.shape == (20, 18, 17)\n"
       "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax'))\n"
       "assert not bad, bad\n"
-      "assert 'u2net_jax.models' not in sys.modules\n")
+      "assert not [m for m in sys.modules if m.startswith('u2net_jax.model')]\n")
   proc = subprocess.run([sys.executable, "-c", code], cwd=smoke_workdir.ROOT, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,8 +116,8 @@ def test_predict_from_the_export_equals_predict_from_the_workdir(exported, tmp_p
 
 def test_export_errors_are_clear(exported, tmp_path):
   with pytest.raises(ConfigError, match="holds only 'heart'"):
-    export.load(os.path.join(exported, "export", "heart"), domain="prostate")
+    loader.load(os.path.join(exported, "export", "heart"), domain="prostate")
   with pytest.raises(CheckpointError, match="not a u2net_jax export|not a readable"):
-    export.load(str(tmp_path))
+    loader.load(str(tmp_path))
   with pytest.raises(CheckpointError, match="no predictor for platform 'rocm'"):
-    export.load(os.path.join(exported, "export", "heart"), platform="rocm")
+    loader.load(os.path.join(exported, "export", "heart"), platform="rocm")

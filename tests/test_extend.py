@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import config_utils, train
+from u2net_jax import config_utils
+from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +175,7 @@ def test_similar_init_copies_the_nearest_domain(runs):
   cfg = _config(add_domain, runs["data_dir"], init_from=runs["base"])
   cfg.extend.init = "similar"
   base_cfg = config_utils.load_config(runs["base"])
-  from u2net_jax import extend  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import extend  # pylint: disable=g-import-not-at-top
   plan = extend.make_plan(cfg, config_utils.resolve_domains(cfg), base_cfg,
                           config_utils.resolve_domains(base_cfg))
   # spleen (1 channel, 2 classes) matches heart's shape; prostate has 2 channels.

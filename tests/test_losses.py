@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from u2net_jax import losses
+from u2net_jax.train import losses
 from u2net_jax.errors import InputError
 
 IGNORE = 255

@@ -13,7 +13,9 @@ import os
 import numpy as np
 
 import smoke_workdir
-from u2net_jax import config_utils, rescale, train
+from u2net_jax import config_utils
+from u2net_jax.data import rescale
+from u2net_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position

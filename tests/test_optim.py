@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from u2net_jax import extend, optim
+from u2net_jax.train import extend, optim
 from u2net_jax.errors import ConfigError
 
 NAMES = ("heart", "prostate")

@@ -249,7 +249,7 @@ SEED_ORDER = ["separable", "separable_equal_time", "separable_add_spleen",
 
 
 def test_max_runs_fills_the_table_over_invocations(tmp_path, monkeypatch):
-  from u2net_jax import train
+  from u2net_jax.train import train
   started = []
   monkeypatch.setattr(train, "train_and_evaluate", _fake_trainer(str(tmp_path / "w"), started))
   results = tmp_path / "r"
@@ -301,7 +301,7 @@ def test_max_runs_fills_the_table_over_invocations(tmp_path, monkeypatch):
 def test_sigterm_in_one_run_ends_the_table_run(tmp_path, monkeypatch):
   # A preempted run has saved its checkpoint; the table run must stop there
   # (rerun resumes it), not go on to the next run or write a table.
-  from u2net_jax import train
+  from u2net_jax.train import train
   started = []
 
   def preempted(config, workdir):
@@ -316,7 +316,7 @@ def test_sigterm_in_one_run_ends_the_table_run(tmp_path, monkeypatch):
 
 
 def test_an_unknown_override_key_exits_2_without_training(tmp_path, monkeypatch, capsys):
-  from u2net_jax import train
+  from u2net_jax.train import train
   monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
   _main(["--preset=smoke", "--config_overrides=train.no_such_key=1", f"--workdir={tmp_path}",
          f"--results_dir={tmp_path / 'r'}"], expect_exit=2)
@@ -338,7 +338,7 @@ def test_msd_independent_row_is_the_authors_per_task_runs(tmp_path, monkeypatch)
   # :msd trains the independent baseline as the official code does: one run
   # per task, its own patch (not resized), batch and anisotropic pooling
   # (u2net_torch_src/config.py L61–67); the row merges the five.
-  from u2net_jax import train
+  from u2net_jax.train import train
   started, configs = [], {}
   fake = _fake_trainer(str(tmp_path / "w"), started)
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from u2net_jax import rescale
+from u2net_jax.data import rescale
 from u2net_jax.data import augment, pipeline
 from u2net_jax.domains import DomainSpec
 

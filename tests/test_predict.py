@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import config_utils, inference, inputs, plans, postprocess, predict, rescale
-from u2net_jax import stream
+from u2net_jax import config_utils
+from u2net_jax.infer import inputs, postprocess, predict
+from u2net_jax.data import plans
+from u2net_jax.infer import sliding_window, volume
 from u2net_jax.errors import ConfigError, InputError
 
 
@@ -70,12 +72,12 @@ def test_streamed_windows_equal_the_whole_volume_sliding_window(shape, batch, mi
   rng = np.random.default_rng(1)
   image = rng.normal(size=shape + (2,)).astype(np.float32)
   fn, patch, k = _toy_predict(3), (8, 8, 8), 3
-  ref = inference.sliding_window(image, fn, patch, k, batch_size=batch, mirror=mirror)
-  out = np.concatenate([s for _, _, s in stream.stream_slabs(
+  ref = sliding_window.sliding_window(image, fn, patch, k, batch_size=batch, mirror=mirror)
+  out = np.concatenate([s for _, _, s in sliding_window.stream_slabs(
       image, fn, patch, k, batch_size=batch, mirror=mirror)], axis=0)
   np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
-  labels, probs = stream.predict_labels(image, fn, patch, k, batch_size=batch, mirror=mirror,
-                                        keep_probabilities=True)
+  labels, probs = sliding_window.predict_labels(image, fn, patch, k, batch_size=batch,
+                                                mirror=mirror, keep_probabilities=True)
   np.testing.assert_array_equal(labels, np.argmax(ref, -1))
   np.testing.assert_allclose(probs, ref, atol=1e-3)
 
@@ -83,22 +85,22 @@ def test_streamed_windows_equal_the_whole_volume_sliding_window(shape, batch, mi
 def test_official_window_positions_repeat_the_last_window_as_the_official_loop():
   # evaluate.batch_segmentation: centres range(64, W + 64, 64) clamped to W - 64.
   # W = 200: centres 64, 128, 136, 136 -> starts 0, 64, 72, 72.
-  assert inference.window_starts(200, 128, 0.5, "official") == [0, 64, 72, 72]
-  assert inference.window_starts(256, 128, 0.5, "official") == [0, 64, 128, 128]
-  assert inference.window_starts(128, 128, 0.5, "official") == [0, 0]
-  assert inference.window_starts(200, 128, 0.5) == [0, 64, 72]  # nnU-Net-like: once each
+  assert sliding_window.window_starts(200, 128, 0.5, "official") == [0, 64, 72, 72]
+  assert sliding_window.window_starts(256, 128, 0.5, "official") == [0, 64, 128, 128]
+  assert sliding_window.window_starts(128, 128, 0.5, "official") == [0, 0]
+  assert sliding_window.window_starts(200, 128, 0.5) == [0, 64, 72]  # nnU-Net-like: once each
 
 
 def test_official_window_weights_are_the_official_codes():
   # tinies.calPatchWeights' docstring: for a 128³ patch, w[0,0,0] = 0 (+1e-20),
   # w[0,0,1] ≈ 0.005, w[100,100,100] ≈ 0.4375, w[64,64,64] = 1.
-  w = inference.linear_weights((128, 128, 128))
+  w = sliding_window.linear_weights((128, 128, 128))
   assert w[64, 64, 64] == 1.0 and w[0, 0, 0] == pytest.approx(1e-20, rel=1e-3)
   assert w[0, 0, 1] == pytest.approx(0.005, abs=5e-4)
   assert w[127, 0, 0] == pytest.approx(0.005, abs=5e-4)
   assert w[100, 100, 100] == pytest.approx(0.4375, abs=1e-3)
   # Hand value on 4³: distances to (2, 2, 2); d_max = √12 at (0,0,0), d_min 0.
-  w4 = inference.linear_weights((4, 4, 4))
+  w4 = sliding_window.linear_weights((4, 4, 4))
   assert w4[3, 2, 2] == pytest.approx(1 - 1 / np.sqrt(12), rel=1e-6)
 
 
@@ -118,21 +120,21 @@ def test_official_blend_gives_the_labels_of_summed_weighted_logits():
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
-  w = inference.linear_weights(patch)
+  w = sliding_window.linear_weights(patch)
   total = np.zeros(shape + (k,), np.float64)
-  for sl in inference.windows(shape, patch, 0.5, "official"):
+  for sl in sliding_window.windows(shape, patch, 0.5, "official"):
     total[sl] += logits_of(image[sl]) * w[..., None]
   expected = np.argmax(total, -1)
-  ref = inference.sliding_window(image, probs_fn, patch, k, blend="official")
+  ref = sliding_window.sliding_window(image, probs_fn, patch, k, blend="official")
   np.testing.assert_array_equal(np.argmax(ref, -1), expected)
   np.testing.assert_allclose(ref.sum(-1), 1.0, rtol=1e-5)
-  labels, _ = stream.predict_labels(image, probs_fn, patch, k, blend="official")
+  labels, _ = sliding_window.predict_labels(image, probs_fn, patch, k, blend="official")
   np.testing.assert_array_equal(labels, expected)
-  out = np.concatenate([s for _, _, s in stream.stream_slabs(
+  out = np.concatenate([s for _, _, s in sliding_window.stream_slabs(
       image, probs_fn, patch, k, blend="official")], axis=0)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
   with pytest.raises(InputError, match="blend 'box'"):
-    inference.sliding_window(image, probs_fn, patch, k, blend="box")
+    sliding_window.sliding_window(image, probs_fn, patch, k, blend="box")
 
 
 def _peak_bytes(fn):
@@ -151,15 +153,15 @@ def test_streaming_memory_does_not_grow_with_depth():
   image = np.random.default_rng(0).normal(size=(240, 24, 24, 1)).astype(np.float32)
   naive_accumulator = 240 * 24 * 24 * (k + 1) * 4
   stats = {}
-  peak = _peak_bytes(lambda: stream.predict_labels(image, fn, patch, k, stats=stats))
+  peak = _peak_bytes(lambda: sliding_window.predict_labels(image, fn, patch, k, stats=stats))
   assert stats["buffer_bytes"] == 8 * 24 * 24 * (k + 1) * 4
   # labels (1 byte/voxel) + one slab buffer + a batch: far below the naive sums.
   assert peak < naive_accumulator / 4, (peak, naive_accumulator)
-  assert _peak_bytes(lambda: inference.sliding_window(image, fn, patch, k)) > naive_accumulator
+  assert _peak_bytes(lambda: sliding_window.sliding_window(image, fn, patch, k)) > naive_accumulator
   # Twice as deep: the same buffer.
   deeper = np.concatenate([image, image])
   stats2 = {}
-  stream.predict_labels(deeper, fn, patch, k, stats=stats2)
+  sliding_window.predict_labels(deeper, fn, patch, k, stats=stats2)
   assert stats2["buffer_bytes"] == stats["buffer_bytes"]
 
 
@@ -253,7 +255,7 @@ def test_largest_component_rule():
 
 
 def test_predictor_with_a_source_patch_predicts_through_the_official_resize(tmp_path):
-  """Predictor.predict_volume (predict, exports, review) = rescale.predict_labels; a
+  """Predictor.predict_volume (predict, exports, review) = volume.predict_labels; a
   whole scan still lands on its own grid."""
   plan = _plan((2.5, 1.7, 0.9))
   p = _threshold_predictor(plan)
@@ -265,7 +267,7 @@ def test_predictor_with_a_source_patch_predicts_through_the_official_resize(tmp_
   stats = {}
   labels, probs = p.predict_volume(image, keep_probabilities=True, stats=stats)
   assert seen and all(s[1:4] == (8, 8, 8) for s in seen)
-  ref, _ = rescale.predict_labels(image, fn, (8, 8, 8), 2, source_patch=(4, 6, 4),
+  ref, _ = volume.predict_labels(image, fn, (8, 8, 8), 2, source_patch=(4, 6, 4),
                                   batch_size=3)
   np.testing.assert_array_equal(labels, ref)
   assert labels.shape == image.shape[:3] and probs.shape == image.shape[:3] + (2,)
@@ -411,7 +413,8 @@ def test_official_postprocessing_closes_keeps_the_largest_and_two_when_close_in_
 
 
 def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke, tmp_path):
-  from u2net_jax import export, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import export, exported  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   workdir, _ = smoke
   config = config_utils.load_config(workdir)
   _, _, params, specs, step = train.restore_params(config, workdir, needs_data=False)
@@ -421,7 +424,7 @@ def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke,
                                platforms=("cpu",), log=lambda *_: None)
   meta = json.load(open(os.path.join(plain, "meta.json")))
   assert meta["inference"]["source_patch"] is None and meta["format_version"] == 1
-  assert export.load(plain).source_patch is None
+  assert exported.load(plain).source_patch is None
   with config.unlocked():
     config.data.source_patch = "heart:8x24x16,prostate:4x24x24"
   path = export.export_domain(config, str(tmp_path / "resized"), spec, plan, params, step,
@@ -429,7 +432,7 @@ def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke,
   meta = json.load(open(os.path.join(path, "meta.json")))
   assert meta["inference"]["source_patch"] == [8, 24, 16] and meta["format_version"] == 2
   assert meta["input"]["shape"] == ["b", 16, 16, 16, 1]  # windows: the model's patch
-  loaded = export.load(path)
+  loaded = exported.load(path)
   in_process = predict.from_params(config, spec, plan, params, step)
   assert loaded.source_patch == in_process.source_patch == (8, 24, 16)
   image = np.random.default_rng(0).normal(size=(20, 30, 17, 1)).astype(np.float32)

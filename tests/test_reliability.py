@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import checkpoint as ckpt_lib
-from u2net_jax import config_utils, train
+from u2net_jax.train import checkpoint as ckpt_lib
+from u2net_jax import config_utils
+from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError
 
 ROOT = smoke_workdir.ROOT
@@ -61,7 +62,7 @@ if kind == "commit":
     return await original(self)
   cls.finalize = finalize
 elif kind == "eval":
-  from u2net_jax import train
+  from u2net_jax.train import train
   train.run_evaluation = lambda *a, **k: hold("final evaluation")
 elif kind == "nan":
   from u2net_jax.data import pipeline
@@ -296,7 +297,7 @@ def test_evaluate_predict_export_restore_the_previous_good_checkpoint(finished, 
 
   The run stops right after the restore: what follows does not depend on it.
   """
-  from u2net_jax import export, predict  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import export, predict  # pylint: disable=g-import-not-at-top
   # The best folder does not even open (its metrics file is empty); step 2 is truncated.
   empty_files(os.path.join(finished, "checkpoints", "best", "2"))
   truncate_data(os.path.join(finished, "checkpoints", "2"))

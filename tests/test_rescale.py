@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from u2net_jax import config_utils, rescale, stream
+from u2net_jax import config_utils
+from u2net_jax.data import rescale
+from u2net_jax.infer import sliding_window, volume
 from u2net_jax.errors import ConfigError
 
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,8 +48,9 @@ def test_msd_preset_has_the_official_task_patches():
       "prostate": (20, 192, 192), "pancreas": (96, 160, 128), "spleen": (96, 160, 128)}
   assert tuple(c.data.patch_size) == (128, 128, 128)
   # Liver's source patch is the model's: no resize. Unlisted domains: none either.
-  assert rescale.for_domain(c, "liver") is None and rescale.for_domain(c, "colon") is None
-  assert rescale.for_domain(c, "prostate") == (20, 192, 192)
+  assert config_utils.source_patch_for(c, "liver") is None
+  assert config_utils.source_patch_for(c, "colon") is None
+  assert config_utils.source_patch_for(c, "prostate") == (20, 192, 192)
   assert five_domain.get_config("").data.source_patch == ""
 
 
@@ -158,7 +161,7 @@ def test_resize_predict_resize_back_reproduces_blocky_labels(source, patch):
   image = _one_hot(lab, 3)
   fn, seen = _identity_like()
   stats = {}
-  labels, probs = rescale.predict_labels(image, fn, patch, 3, source_patch=source,
+  labels, probs = volume.predict_labels(image, fn, patch, 3, source_patch=source,
                                          keep_probabilities=True, stats=stats)
   assert labels.shape == lab.shape and labels.dtype == np.uint8
   assert probs.shape == lab.shape + (3,) and probs.dtype == np.float16
@@ -173,7 +176,7 @@ def test_resize_round_trip_at_a_fractional_factor_misses_only_block_corners():
   """×2 and ×14/9: back-sampled points lie ¼ voxel off; only a 3-D block corner flips."""
   lab = _blocky()
   fn, _ = _identity_like()
-  labels, _ = rescale.predict_labels(_one_hot(lab, 3), fn, (8, 8, 8), 3, source_patch=(4, 5, 4))
+  labels, _ = volume.predict_labels(_one_hot(lab, 3), fn, (8, 8, 8), 3, source_patch=(4, 5, 4))
   wrong = np.argwhere(labels != lab)
   assert [tuple(w) for w in wrong] == [(3, 6, 4)]  # the far corner of block 1
 
@@ -182,7 +185,7 @@ def test_no_source_patch_is_the_plain_sliding_window():
   lab = _blocky()
   image = _one_hot(lab, 3)
   fn, _ = _identity_like()
-  plain, _ = stream.predict_labels(image, fn, (8, 8, 8), 3)
+  plain, _ = sliding_window.predict_labels(image, fn, (8, 8, 8), 3)
   for src in (None, (8, 8, 8)):
-    got, _ = rescale.predict_labels(image, fn, (8, 8, 8), 3, source_patch=src)
+    got, _ = volume.predict_labels(image, fn, (8, 8, 8), 3, source_patch=src)
     np.testing.assert_array_equal(got, plain)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from u2net_jax import layers, param_table
+from u2net_jax.model import layers
+from u2net_jax import param_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from u2net_jax import schedules
+from u2net_jax.train import schedules
 
 
 def _epoch(rule, loss, base_lr=1.0):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax import config_utils, train
+from u2net_jax import config_utils
+from u2net_jax.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -91,7 +92,7 @@ def _batch(config, mesh, step_index, specs):
 
 
 def test_eight_devices_give_the_same_gradients_as_one(data_dir):
-  from u2net_jax import losses  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import losses  # pylint: disable=g-import-not-at-top
   # Cross-entropy: Lovász-Softmax sorts errors, so near-ties may swap order
   # between shardings — a real (tiny) difference, not a sharding bug.
   config = smoke(data_dir)

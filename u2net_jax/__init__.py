@@ -1,3 +1,25 @@
-"""u2net_jax: 3D U²-Net (Huang et al., MICCAI 2019) in JAX/Flax."""
+"""u2net_jax: 3D U²-Net (Huang et al., MICCAI 2019) in JAX/Flax.
+
+The folder tree is the architecture; imports go downward only (checked by
+tests/test_layout.py, which also finds no import cycle between modules):
+
+  run.py, experiments/, benchmarks/    use anything
+  param_table                          app level (--mode=params)
+  infer/   sliding window, whole-volume prediction, post-processing,
+           predictor, predict, export (writer) / exported (loader), review,
+           evaluate (metrics of a domain)
+  train/   the loop (train.py), checkpoints, losses, optimizers, schedules,
+           extension by a new domain                ┐ each may use the other's
+                                                    ┘ modules, never in a cycle
+  config_utils   reads and checks configs (uses data, model, infer constants)
+  data/    NIfTI, preprocessing and its plans, the official resize, datasets,
+           the input pipeline, augmentation        → core only
+  model/   layers, dense/depthwise convolutions, the U²-Net, one-domain views
+                                                    → core only
+  core     errors, io (atomic writes), domains (DomainSpec), options (named
+           config choices), metrics, logging_utils → nothing of u2net_jax
+
+Loading an export (`infer/exported.py`) imports neither Flax nor `model/`.
+"""
 
 __version__ = "0.1.0"

@@ -8,15 +8,12 @@ import os
 import ml_collections
 
 from u2net_jax import domains as domains_lib
-from u2net_jax import inference
-from u2net_jax import layers
-from u2net_jax import losses
-from u2net_jax import models
-from u2net_jax import optim
-from u2net_jax import rescale
-from u2net_jax.data import pipeline, preprocess
+from u2net_jax import options
+from u2net_jax.data import pipeline, preprocess, rescale
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
+from u2net_jax.infer import sliding_window
+from u2net_jax.model import layers, models
 
 SOURCES = ("synthetic", "msd")
 
@@ -116,8 +113,8 @@ def loss_options(tcfg) -> dict:
   train.focal_detach: no gradient through focal's (1-p)^γ (the official code).
   """
   kind = tcfg.get("loss", "dice_ce")
-  if kind not in losses.LOSS_KINDS:
-    raise ConfigError(f"train.loss {kind!r} is not one of {losses.LOSS_KINDS}.")
+  if kind not in options.LOSS_KINDS:
+    raise ConfigError(f"train.loss {kind!r} is not one of {options.LOSS_KINDS}.")
   out = {}
   if kind in ("lovasz", "lovasz_focal"):
     classes = str(tcfg.get("lovasz_classes", "present"))
@@ -148,18 +145,20 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
     raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
   tcfg = config.get("train", None)
   if tcfg is not None:
-    optim.check_domain_updates(tcfg.get("domain_updates", "isolated"))
-    if tcfg.get("update_scaling", "none") not in optim.UPDATE_SCALINGS:
+    if tcfg.get("domain_updates", "isolated") not in options.DOMAIN_UPDATES:
+      raise ConfigError(f"train.domain_updates {tcfg.domain_updates!r} is not one of "
+                        f"{options.DOMAIN_UPDATES}.")
+    if tcfg.get("update_scaling", "none") not in options.UPDATE_SCALINGS:
       raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
-                        f"{optim.UPDATE_SCALINGS}.")
+                        f"{options.UPDATE_SCALINGS}.")
     if tcfg.get("schedule", "poly") not in SCHEDULES:
       raise ConfigError(f"train.schedule {tcfg.schedule!r} is not one of {SCHEDULES}.")
     loss_options(tcfg)
     if tcfg.get("sampling", "nnunet") not in pipeline.SAMPLINGS:
       raise ConfigError(f"train.sampling {tcfg.sampling!r} is not one of {pipeline.SAMPLINGS}.")
   ev = config.get("eval", None)
-  if ev is not None and ev.get("blend", "gaussian") not in inference.BLENDS:
-    raise ConfigError(f"eval.blend {ev.blend!r} is not one of {inference.BLENDS}.")
+  if ev is not None and ev.get("blend", "gaussian") not in sliding_window.BLENDS:
+    raise ConfigError(f"eval.blend {ev.blend!r} is not one of {sliding_window.BLENDS}.")
   if ev is not None and ev.get("postprocess", "none") not in EVAL_POSTPROCESS:
     raise ConfigError(f"eval.postprocess {ev.postprocess!r} is not one of {EVAL_POSTPROCESS}.")
   if ev is not None and ev.get("dice_grid", "preprocessed") not in EVAL_DICE_GRIDS:
@@ -199,6 +198,11 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
         f"config.data.patch_size {patch} is not divisible by {shown} (the pooling of "
         f"num_levels={m.num_levels}, pool_per_axis {pools}).")
   return specs
+
+
+def source_patch_for(config, name: str):
+  """Domain `name`'s source patch (D, H, W) from `data.source_patch`; None unless resized."""
+  return rescale.source_patch_of(rescale.source_patches(config), name, patch_size(config))
 
 
 def default_workdir(config_path: str, preset: str) -> str:

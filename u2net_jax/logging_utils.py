@@ -21,6 +21,7 @@ def quiet_library_logs() -> None:
   warning line or one CheckpointError.
   """
   import logging  # pylint: disable=g-import-not-at-top
+
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   absl_logging.set_verbosity(absl_logging.ERROR)

@@ -10,9 +10,8 @@ import os
 
 from flax import nnx
 
-from u2net_jax import config_utils
-from u2net_jax import io
-from u2net_jax import models
+from u2net_jax import config_utils, io
+from u2net_jax.model import models
 
 
 def count(config, mode: str | None = None) -> dict:

@@ -26,7 +26,6 @@ from scipy import ndimage
 
 from u2net_jax.errors import ConfigError
 
-
 SCALE_MODES = ("uniform", "official")
 ELASTIC_MODES = ("fixed", "official")
 _TUPLE_FIELDS = ("scale_range", "gamma_range", "brightness_range", "contrast_range",

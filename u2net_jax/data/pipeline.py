@@ -36,8 +36,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from u2net_jax import rescale
-from u2net_jax.data import augment
+from u2net_jax.data import augment, rescale
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError, DataError
 

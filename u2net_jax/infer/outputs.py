@@ -10,7 +10,6 @@ float32's size and memory.
 
 from __future__ import annotations
 
-
 import nibabel as nib
 import numpy as np
 

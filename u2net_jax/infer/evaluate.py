@@ -15,7 +15,7 @@ cases, on one of two grids (`eval.dice_grid`):
 (`postprocess.official`) to each prediction first, on the preprocessed grid as
 the official code does; 'none' (default) does not. A domain with a source
 patch (`data.source_patch`) is predicted through the official whole-volume
-resize (`rescale.predict_labels`), which returns labels on the preprocessed grid.
+resize (`volume.predict_labels`), which returns labels on the preprocessed grid.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from u2net_jax import metrics, postprocess, rescale
+from u2net_jax import metrics
 from u2net_jax.data import preprocess
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import DataError, InputError
+from u2net_jax.infer import postprocess, volume
 
 # What an example must carry to go back to its source grid (tfds_builders/common.py).
 GEOMETRY_KEYS = ("crop_box", "original_shape", "original_spacing", "spacing")
@@ -40,7 +41,7 @@ def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_
 
   `source_patch`: the domain's source patch (resized as the official code), or None.
   """
-  labels, _ = rescale.predict_labels(
+  labels, _ = volume.predict_labels(
       image, predict_fn, patch, spec.num_classes, source_patch=source_patch,
       overlap=float(eval_cfg.overlap),
       batch_size=int(eval_cfg.window_batch), mirror=bool(eval_cfg.mirror), channels=channels,

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from u2net_jax import layers
 from u2net_jax.domains import DomainSpec, check_unique
 from u2net_jax.errors import ConfigError, InputError
-from u2net_jax.layers import DomainParam, DomainSelector, leaky_relu
+from u2net_jax.model import layers
+from u2net_jax.model.layers import DomainParam, DomainSelector, leaky_relu
 
-# Padded classes get this logit, so softmax gives them probability ~0.
+# Padded classes get this logit, so softmax gives them probability ~0. Finite
+# rather than -inf so that nothing downstream can produce inf - inf = NaN;
+# exp(-1e9 - max) underflows to exactly 0 in float32 (losses use it too).
 MASKED_LOGIT = -1e9
 
 
@@ -185,8 +187,9 @@ class U2Net(nnx.Module):
       what = f"domain {domain!r}" if isinstance(domain, str) else "an indexed domain (padded)"
       raise InputError(f"Input has {x.shape[-1]} channels but {what} expects {channels}.")
     if any(s % d for s, d in zip(x.shape[1:4], self.divisor)):
+      div = self.divisor[0] if len(set(self.divisor)) == 1 else self.divisor
       raise InputError(
-          f"Spatial size {tuple(x.shape[1:4])} is not divisible by {self.divisor} "
+          f"Spatial size {tuple(x.shape[1:4])} is not divisible by {div} "
           f"(the pooling of num_levels={self.num_levels}, pool_per_axis "
           f"{self.pool_per_axis or 'isotropic'}).")
 

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from u2net_jax import options
 from u2net_jax.errors import InputError
+from u2net_jax.model import models
 
-LOSS_KINDS = ('lovasz_focal', 'ce', 'focal', 'lovasz', 'dice', 'dice_ce')
+LOSS_KINDS = options.LOSS_KINDS
 
-# Logit given to masked-out classes. Finite rather than -inf so that nothing
-# downstream can produce inf - inf = NaN; exp(-1e9 - max) underflows to
-# exactly 0 in float32, so the valid classes' softmax is unaffected.
-_MASKED_LOGIT = -1e9
+# Logit given to masked-out classes (models.MASKED_LOGIT, the one definition).
+_MASKED_LOGIT = models.MASKED_LOGIT
 
 # Keyword arguments each `segmentation_loss` kind forwards to its parts.
 _KIND_KWARGS = {

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from u2net_jax import dense, depthwise, layers, models
 from u2net_jax.domains import DomainSpec
+from u2net_jax.model import dense, depthwise, layers, models
 
 
 def _key(path) -> str:

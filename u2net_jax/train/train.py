@@ -18,13 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from u2net_jax import checkpoint as ckpt_lib
-from u2net_jax import config_utils, evaluate, extend, layers, logging_utils, losses, models, optim
-from u2net_jax import plans, rescale, schedules
-from u2net_jax.data import augment, datasets, pipeline, reference
+from u2net_jax import config_utils, logging_utils
+from u2net_jax.data import augment, datasets, pipeline, plans, reference, rescale
 from u2net_jax.errors import CheckpointError, ConfigError, U2NetError
+from u2net_jax.infer import evaluate
+from u2net_jax.model import layers, models
+from u2net_jax.train import checkpoint as ckpt_lib
+from u2net_jax.train import extend, losses, optim, schedules
 
 
 class TrainingError(U2NetError):
@@ -213,7 +216,7 @@ def run_evaluation(parts, params, specs, val_examples, config, patch, channels, 
            if config.eval.get("dice_grid", "preprocessed") == "original" else None)
     res = evaluate.evaluate_domain(predict_for(params, i), examples, spec, patch, config.eval,
                                    channels=channels,
-                                   source_patch=rescale.for_domain(config, spec.name),
+                                   source_patch=config_utils.source_patch_for(config, spec.name),
                                    reference=ref)
     log(f"  eval {spec.name}: mean Dice {res['mean_dice']:.3f} "
         f"({res['cases']} cases, {time.time() - t0:.1f} s)")

@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from u2net_jax import dense, depthwise
 from u2net_jax.errors import ConfigError
+from u2net_jax.model import dense, depthwise
 
 
 class DomainParam(nnx.Param):

@@ -45,11 +45,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from u2net_jax import options
 from u2net_jax.errors import ConfigError
 
-
-DOMAIN_UPDATES = ("isolated", "official")
-UPDATE_SCALINGS = ("none", "param_rms", "trust_ratio")
+DOMAIN_UPDATES = options.DOMAIN_UPDATES
+UPDATE_SCALINGS = options.UPDATE_SCALINGS
 
 
 def is_kernel(leaf) -> bool:

@@ -14,8 +14,9 @@ xy ×⅔), and predictions land on the preprocessed grid as without resizing.
 
 `data.source_patch` ('heart:80x192x128,...') gives the source patch per domain
 (`parse_source_patch`); a domain not listed, or listed with `data.patch_size`,
-is not resized. `PatchSampler` (training) and `predict_labels` (evaluation,
-predict, exports) are the two users.
+is not resized. `PatchSampler` (training) and `infer.volume.predict_labels`
+(evaluation, predict, exports) are the two users; `config_utils.source_patch_for`
+reads a config's.
 
 Resizing is `skimage.transform.resize(x, shape, order, mode='constant',
 anti_aliasing=False)` as scikit-image ≥ 0.19 computes it (tested equal):
@@ -40,7 +41,6 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from u2net_jax import stream
 from u2net_jax.errors import ConfigError, InputError
 
 Shape = tuple[int, int, int]
@@ -82,12 +82,6 @@ def source_patch_of(table: dict, name: str, patch) -> Shape | None:
   if src is None or tuple(src) == tuple(int(p) for p in patch):
     return None
   return tuple(int(s) for s in src)
-
-
-def for_domain(config, name: str) -> Shape | None:
-  """`source_patch_of` for a config: None unless `name` is resized."""
-  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top (cycle)
-  return source_patch_of(source_patches(config), name, config_utils.patch_size(config))
 
 
 # ----------------------------------------------------------------------------
@@ -199,45 +193,3 @@ def scaled_shape(shape, source_patch, patch) -> Shape:
   floor keeps a padded volume at ≥ the model's patch.)
   """
   return tuple(int(n) * int(p) // int(s) for n, s, p in zip(shape, source_patch, patch))
-
-
-def predict_labels(image: np.ndarray, predict_fn, patch, num_classes: int, *,
-                   source_patch=None, keep_probabilities: bool = False,
-                   stats: dict | None = None, **kw):
-  """`stream.predict_labels`, through the official resize when `source_patch` is set.
-
-  Args:
-    image: (D, H, W, C) float32 preprocessed volume.
-    predict_fn, patch, num_classes, **kw: as `stream.predict_labels` (windows
-      always have the model's `patch`).
-    source_patch: the domain's source patch, or None (no resize).
-    keep_probabilities: also return probabilities; resized back linearly, so
-      at class borders their arg-max may differ from the labels, which are the
-      official nearest resize of the resized grid's arg-max.
-    stats: as `stream.predict_labels`, plus 'resized_grid' when resizing.
-  The padded and resized volumes are held whole (the window accumulator stays
-  one window deep).
-  Returns:
-    (labels uint8 (D, H, W), probabilities float16 (D, H, W, K) or None), on
-    the grid of `image`.
-  """
-  patch = tuple(int(p) for p in patch)
-  if source_patch is None or tuple(int(s) for s in source_patch) == patch:
-    return stream.predict_labels(image, predict_fn, patch, num_classes,
-                                 keep_probabilities=keep_probabilities, stats=stats, **kw)
-  if image.ndim != 4:
-    raise InputError(f"sliding window expects (D, H, W, C), got shape {image.shape}.")
-  padded, before = pad_to_patch(image, source_patch)
-  grid = padded.shape[:3]
-  resized = resize_image(padded, scaled_shape(grid, source_patch, patch))
-  del padded
-  if stats is not None:
-    stats["resized_grid"] = resized.shape[:3]
-  labels, probs = stream.predict_labels(resized, predict_fn, patch, num_classes,
-                                        keep_probabilities=keep_probabilities, stats=stats, **kw)
-  del resized
-  crop = tuple(slice(b, b + n) for b, n in zip(before, image.shape[:3]))
-  labels = np.ascontiguousarray(resize_label(labels, grid)[crop])
-  if probs is not None:
-    probs = np.ascontiguousarray(resize_probabilities(probs, grid)[crop].astype(np.float16))
-  return labels, probs

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from u2net_jax.depthwise import same_padding
 from u2net_jax.errors import ConfigError, InputError
+from u2net_jax.model.depthwise import same_padding
 
 IMPLS = ("auto", "lax", "shift")
 

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from u2net_jax import metrics, postprocess, predict
+from u2net_jax import metrics
+from u2net_jax.infer import postprocess, predict
 
 
 def open_predictors(path: str, domains: str | Sequence[str] = "", *, log=print):
@@ -24,14 +25,17 @@ def open_predictors(path: str, domains: str | Sequence[str] = "", *, log=print):
     path: a workdir (best, else latest checkpoint) or `W/export/<domain>`.
     domains: names to keep ('a,b' or a list; empty = all).
   """
-  from u2net_jax import export  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import exported  # pylint: disable=g-import-not-at-top
   if isinstance(domains, str):
     domains = domains.split(",")
   wanted = [d.strip() for d in domains if d.strip()]
-  if export.is_export_dir(path):  # no model code imported on this path
-    p = export.load(path, domain=wanted[0] if len(wanted) == 1 else "")
+  if exported.is_export_dir(path):  # no model code imported on this path
+    p = exported.load(path, domain=wanted[0] if len(wanted) == 1 else "")
     return [p], None
-  from u2net_jax import config_utils, domains as domains_lib, plans, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax import domains as domains_lib
+  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   config = config_utils.load_config(path)
   specs = config_utils.resolve_domains(config)
   chosen = [domains_lib.lookup(specs, n) for n in wanted] if wanted else list(specs)

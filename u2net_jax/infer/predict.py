@@ -2,80 +2,34 @@
 
 One case goes: load (3D, 4D or channel files) → the training preprocessing
 (`preprocess.preprocess_case`: crop to non-zero, resample to the plan's
-spacing, normalize) → streamed sliding window (`stream`, bounded memory; with a
-source patch, inside the official resize, `rescale`) →
+spacing, normalize) → streamed sliding window (`sliding_window`, bounded
+memory; with a source patch, inside the official resize, `volume`) →
 arg-max → optional largest-component filter → `preprocess.invert_label`
 (back into the crop box, resampled to the source grid) → a uint8 NIfTI with
 the input's affine, header geometry and shape (+ optional probability maps).
 
 A `Predictor` is a domain's plan plus a window function; it comes from a
-workdir's checkpoint (`from_workdir`) or from an export (`export.load`), and
-the rest of the pipeline does not care which.
+workdir's checkpoint (`from_workdir`) or from an export (`exported.load`),
+and the rest of the pipeline does not care which.
 
 This module imports JAX/Flax only inside `from_workdir` and `run`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
-from typing import Callable
 
 import numpy as np
 
-from u2net_jax import inputs, outputs, postprocess, rescale
 from u2net_jax.data import preprocess
+from u2net_jax.data.plans import DomainPlan
 from u2net_jax.errors import ConfigError, InputError
-from u2net_jax.plans import DomainPlan
+from u2net_jax.infer import inputs, outputs, postprocess
+from u2net_jax.infer.predictor import Predictor  # noqa: F401 (predict.Predictor)
 
 POSTPROCESS_MODES = ("auto", "on", "off")
-
-
-@dataclasses.dataclass
-class Predictor:
-  """A domain's preprocessing plan and window predictor.
-
-  Attributes:
-    plan: the domain's `DomainPlan`.
-    fn: (B, P0, P1, P2, C) float32 windows -> (B, P0, P1, P2, K) probabilities.
-    overlap, window_batch, mirror, blend: sliding-window settings (config.eval).
-    source_patch: the domain's source patch (D, H, W) when the model was trained
-      on source patches resized to `plan.patch_size` (`data.source_patch`, the
-      official resize, `rescale`); None: windows on the preprocessed grid.
-    decision: stored largest-component decision {class: {"apply": bool, ...}},
-      or None if not known yet.
-    step: checkpoint step the weights come from.
-    source: the workdir or export folder.
-  """
-  plan: DomainPlan
-  fn: Callable[[np.ndarray], np.ndarray]
-  overlap: float = 0.5
-  window_batch: int = 2
-  mirror: bool = False
-  blend: str = "gaussian"
-  source_patch: tuple | None = None
-  decision: dict | None = None
-  step: int = 0
-  source: str = ""
-
-  def __call__(self, windows: np.ndarray) -> np.ndarray:
-    return self.fn(windows)
-
-  def predict_volume(self, image: np.ndarray, *, keep_probabilities: bool = False,
-                     progress=None, stats: dict | None = None):
-    """(labels uint8 (D, H, W), float16 probabilities or None) of a preprocessed volume.
-
-    With a `source_patch`, through the official resize (`rescale.predict_labels`);
-    the outputs are on the volume's grid either way.
-    """
-    return rescale.predict_labels(
-        image, self.fn, self.plan.patch_size, self.plan.num_classes,
-        source_patch=self.source_patch,
-        keep_probabilities=keep_probabilities, overlap=self.overlap,
-        batch_size=self.window_batch, mirror=self.mirror, blend=self.blend, progress=progress,
-        stats=stats)
 
 
 # ----------------------------------------------------------------------------
@@ -252,20 +206,23 @@ def from_params(config, spec, plan: DomainPlan, params, step: int, source: str =
   domain's weights) that `--mode=export` serializes.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from u2net_jax import domain_model  # pylint: disable=g-import-not-at-top
+
+  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import domain_model  # pylint: disable=g-import-not-at-top
   weights = jax.device_put(domain_model.weights_of(params, spec, config.model))
   apply = jax.jit(domain_model.make_apply(spec, config.model))
   ev = config.eval
   return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
                    overlap=float(ev.overlap), window_batch=int(ev.window_batch),
                    mirror=bool(ev.mirror), blend=str(ev.get("blend", "gaussian")),
-                   source_patch=rescale.for_domain(config, spec.name),
+                   source_patch=config_utils.source_patch_for(config, spec.name),
                    step=int(step), source=source)
 
 
 def from_workdir(config, workdir: str, domain: str, *, log=print) -> Predictor:
   """The predictor of `domain` from the workdir's best (else latest) checkpoint."""
-  from u2net_jax import plans, train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   spec, _ = resolve_domain(config, domain)
   plan = plans.load(workdir, config, [spec], log=log)[spec.name]
   _, _, params, _, step = train.restore_params(config, workdir, needs_data=False)
@@ -338,14 +295,15 @@ def run(config, workdir: str, *, domain: str, input_path: str, output: str,
   Every input is checked (domain, files, headers, channel counts, output
   names) before the checkpoint is read or anything is written.
   """
-  from u2net_jax import export, plans  # pylint: disable=g-import-not-at-top
+  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import exported  # pylint: disable=g-import-not-at-top
   if postprocess_mode not in POSTPROCESS_MODES:
     raise ConfigError(f"--postprocess {postprocess_mode!r} is not one of {POSTPROCESS_MODES}.")
   if not input_path:
     raise InputError("--input is required: a NIfTI file, channel files or a folder.")
-  if export.is_export_dir(workdir):
-    predictor_of = lambda: export.load(workdir, domain=domain)
-    plan = export.read_plan(workdir, domain=domain)
+  if exported.is_export_dir(workdir):
+    predictor_of = lambda: exported.load(workdir, domain=domain)
+    plan = exported.read_plan(workdir, domain=domain)
   else:
     spec, _ = resolve_domain(config, domain)
     stored = plans.read(workdir)

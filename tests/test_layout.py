@@ -1,0 +1,128 @@
+"""The package layout is the architecture: the dependency rule of u2net_jax/__init__.py holds.
+
+Checked on the source (every `import`, at module level or inside a function):
+no import cycle between modules; core modules import only core; `data` and
+`model` import only core and themselves; `infer` and `train` never import
+`run.py`-level modules. Loading an export never imports Flax or the model.
+"""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "u2net_jax")
+CORE = {"u2net_jax", "u2net_jax.errors", "u2net_jax.io", "u2net_jax.domains",
+        "u2net_jax.logging_utils", "u2net_jax.metrics", "u2net_jax.options"}
+# Above data/model, below train/infer: reads and checks configs.
+CONFIG = {"u2net_jax.config_utils"}
+# The run.py level: may import anything.
+APP = {"u2net_jax.param_table"}
+
+
+def _modules() -> dict[str, str]:
+  """{dotted module name: file path} of every module of u2net_jax."""
+  out = {}
+  for folder, _, files in os.walk(PKG):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3].replace(os.sep, ".")
+        out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(folder, f)
+  return out
+
+
+def _imports(path: str, modules) -> set[str]:
+  """The u2net_jax modules `path` imports (a package import counts as its __init__)."""
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    else:
+      continue
+    found |= {n for n in names if n in modules}
+  return found
+
+
+GRAPH = {m: _imports(p, _modules()) - {m} for m, p in _modules().items()}
+
+
+def _layer(m: str) -> str:
+  if m in CORE:
+    return "core"
+  if m in CONFIG:
+    return "config"
+  if m in APP:
+    return "app"
+  return m.split(".")[1]
+
+
+def test_there_is_no_import_cycle():
+  state, stack = {}, []
+
+  def visit(m):
+    state[m] = "open"
+    stack.append(m)
+    for n in sorted(GRAPH[m]):
+      if state.get(n) == "open":
+        cycle = stack[stack.index(n):] + [n]
+        pytest.fail("import cycle: " + " -> ".join(cycle))
+      if n not in state:
+        visit(n)
+    stack.pop()
+    state[m] = "done"
+
+  for m in sorted(GRAPH):
+    if m not in state:
+      visit(m)
+
+
+@pytest.mark.parametrize("layer,allowed", [
+    ("core", {"core"}),
+    ("data", {"core", "data"}),
+    ("model", {"core", "model"}),
+    ("config", {"core", "data", "model", "infer"}),
+    ("infer", {"core", "config", "data", "model", "infer", "train"}),
+    ("train", {"core", "config", "data", "model", "infer", "train"}),
+])
+def test_each_layer_imports_only_the_layers_below(layer, allowed):
+  bad = sorted(f"{m} -> {n}" for m, deps in GRAPH.items() if _layer(m) == layer
+               for n in deps if _layer(n) not in allowed)
+  assert not bad, bad
+
+
+def test_every_module_has_a_layer():
+  assert {_layer(m) for m in GRAPH} <= {"core", "config", "app", "data", "model", "infer",
+                                       "train"}
+
+
+def test_loading_an_export_imports_neither_flax_nor_the_model():
+  code = ("import sys\nfrom u2net_jax.infer import exported, predict\n"
+          "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax')"
+          " or m.startswith(('u2net_jax.model', 'u2net_jax.train', 'u2net_jax.config_utils')))\n"
+          "assert not bad, bad\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_package_imports_from_any_folder(tmp_path):
+  # `pip install -e .` (requirements.txt): no sys.path edits anywhere.
+  proc = subprocess.run([sys.executable, "-c", "import u2net_jax, tfds_builders, experiments"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "ruff")), reason="ruff not installed")
+def test_lint_passes():
+  # pyproject.toml [tool.ruff]: pyflakes + 100 columns over every module.
+  ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+  proc = subprocess.run([ruff, "check", "--output-format", "concise", "."], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:]

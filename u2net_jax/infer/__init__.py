@@ -1,0 +1,2 @@
+"""Inference: the sliding window, whole-volume prediction, post-processing, predict, export, review.
+"""

@@ -1,0 +1,2 @@
+"""Training: the loop, its state and checkpoints, losses, optimizers, schedules, domain extension.
+"""
