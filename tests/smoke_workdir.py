@@ -1,8 +1,11 @@
-"""One trained `smoke` workdir shared by the predict, export and notebook tests.
+"""The tests' one command-line runner, and the session's shared smoke data and workdir.
 
-The first module that asks trains it (a subprocess running the real command
-line, 2 steps: ~45 s on 2 cores); later modules of the same pytest session
-find it under the session's base temp folder and reuse it.
+`run(argv)` runs `python ARGV` from the project root on CPU (every end-to-end
+test goes through it; those tests are marked `slow`); `cli(*args)` is
+`run(["run.py", *args])`. One trained `smoke` workdir is shared by the
+predict, export and notebook tests: the first module that asks trains it (the
+real command line, 2 steps: ~45 s on 2 cores); later modules of the same
+pytest session find it under the session's base temp folder and reuse it.
 """
 
 import os
@@ -12,12 +15,26 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, env=None, timeout=600):
-  """Runs `python run.py ARGS` from the project root on CPU."""
+def run(argv, *, env=None, timeout=600, wait=True, cwd=ROOT):
+  """Runs `python ARGV` (a script and its flags, `-c CODE`, `-m MODULE`) on CPU.
+
+  The environment is this process's (conftest.py's compilation cache and
+  device count included) with JAX_PLATFORMS=cpu and `env` on top.
+  Returns the CompletedProcess (stdout, stderr as text), or with wait=False
+  the running Popen (stdout and stderr merged into `stdout`, text).
+  """
   e = dict(os.environ, JAX_PLATFORMS="cpu")
   e.update(env or {})
-  return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=e,
-                        capture_output=True, text=True, timeout=timeout)
+  cmd = [sys.executable, *argv]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def cli(*args, **kw):
+  """Runs `python run.py ARGS` (see `run`)."""
+  return run(["run.py", *args], **kw)
 
 
 def data_dir(tmp_path_factory) -> str:

@@ -4,12 +4,11 @@ Their variants are the table's configs plus one change.
 """
 
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import pytest
+
+import smoke_workdir
 from experiments import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import new_domain_ablation as ablation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import settings  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -61,12 +60,12 @@ def test_spleen_result_reads_the_final_value_and_the_curve(tmp_path):
   assert "| lr0.1 | train.lr=0.1 | 2/3 | 0.400 ± 0.000 | 2: 0.200, 4: 0.400 |" in md
 
 
+@pytest.mark.slow
 def test_missing_base_runs_are_a_clear_error(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "experiments/new_domain_ablation.py", f"--table_workdir={tmp_path}",
+  proc = smoke_workdir.run(
+      ["experiments/new_domain_ablation.py", f"--table_workdir={tmp_path}",
        f"--workdir={tmp_path / 'w'}", f"--results_dir={tmp_path / 'r'}", "--seeds=0"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      timeout=300)
   assert proc.returncode == 2
   assert "paper_table.py" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "r").exists() and not (tmp_path / "w").exists()

@@ -5,22 +5,20 @@ written there.
 """
 
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import pytest
+
+import smoke_workdir
 from benchmarks import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+@pytest.mark.slow
 def test_smoke_preset_prints_one_json_object_with_every_key(tmp_path):
   out = tmp_path / "bench.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--preset=smoke",
-       "--steps=2", "--warmup=1", f"--out={out}"],
-      capture_output=True, text=True, env=env, cwd=ROOT, timeout=900, check=False)
+  proc = smoke_workdir.run(
+      ["benchmarks/bench.py", "--preset=smoke", "--steps=2", "--warmup=1", f"--out={out}"],
+      env={"JAX_NUM_CPU_DEVICES": "1"}, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
   assert len(lines) == 1, proc.stdout
@@ -50,14 +48,13 @@ def test_cpu_preset_is_the_issue_model():
             p["compute_dtype"], p["window_volume"]) == (16, 6, 128, 2, "bfloat16", 256)
 
 
+@pytest.mark.slow
 def test_window_scaling_reports_each_size_with_its_window_count(tmp_path):
   from u2net_jax.infer import sliding_window  # pylint: disable=g-import-not-at-top
   out = tmp_path / "scaling.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", "window_scaling.py"), "--preset=smoke",
-       "--sizes=16,40", f"--out={out}"],
-      capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)
+  proc = smoke_workdir.run(
+      ["benchmarks/window_scaling.py", "--preset=smoke", "--sizes=16,40", f"--out={out}"],
+      env={"JAX_NUM_CPU_DEVICES": "1"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.loads(out.read_text())
   assert [r["size"] for r in rows] == [16, 40]

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import nibabel as nib
@@ -18,6 +16,9 @@ from u2net_jax.model import models
 from u2net_jax.data import plans
 from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
+
+# End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,7 @@ def test_loader_runs_without_flax(exported):
       "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax'))\n"
       "assert not bad, bad\n"
       "assert not [m for m in sys.modules if m.startswith('u2net_jax.model')]\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=smoke_workdir.ROOT, capture_output=True,
-                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = smoke_workdir.run(["-c", code], timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -13,9 +13,11 @@ from u2net_jax import config_utils
 from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
+pytestmark = pytest.mark.slow
 
 
 def _config(module, data_dir, **overrides):

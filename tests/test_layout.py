@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+import smoke_workdir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "u2net_jax")
 CORE = {"u2net_jax", "u2net_jax.errors", "u2net_jax.io", "u2net_jax.domains",
@@ -101,20 +103,21 @@ def test_every_module_has_a_layer():
                                        "train"}
 
 
+@pytest.mark.slow
 def test_loading_an_export_imports_neither_flax_nor_the_model():
   code = ("import sys\nfrom u2net_jax.infer import exported, predict\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax')"
           " or m.startswith(('u2net_jax.model', 'u2net_jax.train', 'u2net_jax.config_utils')))\n"
           "assert not bad, bad\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
-                        timeout=120)
+  proc = smoke_workdir.run(["-c", code], cwd="/", timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_package_imports_from_any_folder(tmp_path):
   # `pip install -e .` (requirements.txt): no sys.path edits anywhere.
-  proc = subprocess.run([sys.executable, "-c", "import u2net_jax, tfds_builders, experiments"],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  proc = smoke_workdir.run(["-c", "import u2net_jax, tfds_builders, experiments"],
+                           cwd=tmp_path, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 

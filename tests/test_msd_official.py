@@ -12,13 +12,17 @@ import os
 
 import numpy as np
 
+import pytest
+
 import smoke_workdir
 from u2net_jax import config_utils
 from u2net_jax.data import rescale
 from u2net_jax.train import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
+pytestmark = pytest.mark.slow
 
 # Only sizes, data source and cadence differ from :msd.
 SMOKE_SIZES = {

@@ -8,6 +8,9 @@ from nbclient import NotebookClient
 
 import smoke_workdir
 
+# End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
+pytestmark = pytest.mark.slow
+
 NOTEBOOK = os.path.join(smoke_workdir.ROOT, "experiments", "colab_eval.ipynb")
 
 

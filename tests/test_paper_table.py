@@ -3,12 +3,9 @@
 import json
 import os
 import statistics
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import smoke_workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -18,18 +15,18 @@ SETTINGS = ["independent", "shared", "series_adapter", "parallel_adapter", "sepa
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_paper_table_smoke_writes_a_well_formed_table(tmp_path, tmp_path_factory):
   # Two seeds of the separable setting + the new domain and its independent
   # model (6 real runs of 2 steps, ~4 min on a busy 2-core CPU); every row and
   # the training order are covered with a fake trainer below.
   results = tmp_path / "results"
-  cmd = [sys.executable, "experiments/paper_table.py", "--preset=smoke", "--steps=2",
+  cmd = ["experiments/paper_table.py", "--preset=smoke", "--steps=2",
          "--eval_every=1", "--seeds=0,1", "--settings=separable",
          f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}",
          f"--config_overrides=data.data_dir={smoke_workdir.data_dir(tmp_path_factory)},"
          "eval.max_cases=1"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  proc = smoke_workdir.run(cmd, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((results / "paper_table.json").read_text())
   assert table["seeds"] == [0, 1] and table["incomplete_runs"] == []
@@ -324,11 +321,11 @@ def test_an_unknown_override_key_exits_2_without_training(tmp_path, monkeypatch,
   assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_paper_table_rejects_an_unknown_setting(tmp_path):
-  cmd = [sys.executable, "experiments/paper_table.py", "--settings=separable,bogus",
-         f"--workdir={tmp_path}", f"--results_dir={tmp_path / 'r'}"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = smoke_workdir.run(["experiments/paper_table.py", "--settings=separable,bogus",
+                           f"--workdir={tmp_path}", f"--results_dir={tmp_path / 'r'}"],
+                          timeout=300)
   assert proc.returncode == 2
   assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "r").exists()

@@ -281,6 +281,7 @@ def test_predictor_with_a_source_patch_predicts_through_the_official_resize(tmp_
 
 # -- with the trained smoke model --------------------------------------------------
 
+@pytest.mark.slow
 def test_training_stored_the_plans_and_they_match_the_dataset_metadata(smoke):
   workdir, _ = smoke
   stored = plans.read(workdir)
@@ -294,6 +295,7 @@ def test_training_stored_the_plans_and_they_match_the_dataset_metadata(smoke):
   assert plans.load(other, config, specs, log=lambda *_: None) == stored
 
 
+@pytest.mark.slow
 def test_predict_end_to_end_with_auto_postprocessing(smoke, tmp_path, monkeypatch):
   workdir, _ = smoke
   config = config_utils.load_config(workdir)
@@ -314,6 +316,7 @@ def test_predict_end_to_end_with_auto_postprocessing(smoke, tmp_path, monkeypatc
               progress=False, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_large_volume_keeps_the_accumulator_one_window_deep(smoke, tmp_path):
   """A volume 20 windows deep: the sums stay one window deep (P0·H·W·(K+1) floats)."""
   workdir, _ = smoke
@@ -357,6 +360,7 @@ def bad_inputs(tmp_path_factory):
   return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("domain,name,error,message", BAD)
 def test_bad_input_is_one_clear_error_and_writes_nothing(smoke, bad_inputs, tmp_path, domain,
                                                          name, error, message):
@@ -371,6 +375,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(smoke, bad_inputs, tmp_
   assert sorted(os.listdir(workdir)) == before
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_non_zero_without_traceback(smoke, bad_inputs, tmp_path):
   workdir, _ = smoke
   out = tmp_path / "out"
@@ -412,6 +417,7 @@ def test_official_postprocessing_closes_keeps_the_largest_and_two_when_close_in_
   assert postprocess.OFFICIAL_COMPONENTS["prostate"] == 2
 
 
+@pytest.mark.slow
 def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke, tmp_path):
   from u2net_jax.infer import export, exported  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top

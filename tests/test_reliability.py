@@ -12,8 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 
 import jax
@@ -25,6 +23,9 @@ from u2net_jax.train import checkpoint as ckpt_lib
 from u2net_jax import config_utils
 from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError
+
+# End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
+pytestmark = pytest.mark.slow
 
 ROOT = smoke_workdir.ROOT
 STEPS = 2
@@ -87,27 +88,25 @@ def smoke(tmp_path_factory):
 
 
 def command(smoke, workdir, *args, fault=None, mode_args=None, max_file_bytes=0):
+  """(argv after `python`, extra environment) of run.py, through WRAPPER with a fault."""
   _, data_dir, cache = smoke
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
-             JAX_COMPILATION_CACHE_DIR=cache, U2NET_FAULT=fault or "",
-             U2NET_MAX_FILE_BYTES=str(max_file_bytes))
-  head = [sys.executable, "-c", WRAPPER] if fault or max_file_bytes else [
-      sys.executable, "run.py"]
+  env = dict(JAX_NUM_CPU_DEVICES="1", JAX_COMPILATION_CACHE_DIR=cache,
+             U2NET_FAULT=fault or "", U2NET_MAX_FILE_BYTES=str(max_file_bytes))
+  head = ["-c", WRAPPER] if fault or max_file_bytes else ["run.py"]
   flags = list(mode_args) if mode_args is not None else [
       *ARGS, f"--config.data.data_dir={data_dir}"]
   return head + [f"--workdir={workdir}", *flags, *args], env
 
 
 def run(smoke, workdir, *args, **kw):
-  cmd, env = command(smoke, workdir, *args, **kw)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  argv, env = command(smoke, workdir, *args, **kw)
+  return smoke_workdir.run(argv, env=env)
 
 
 def kill_at(smoke, workdir, fault) -> str:
   """Runs training until the fault point, SIGKILLs it there; returns its output."""
-  cmd, env = command(smoke, workdir, fault=fault)
-  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
+  argv, env = command(smoke, workdir, fault=fault)
+  p = smoke_workdir.run(argv, env=env, wait=False)
   watchdog = threading.Timer(600, p.kill)  # never hang the suite
   watchdog.start()
   out = ""
@@ -456,9 +455,7 @@ def test_sigkilled_rebuild_keeps_the_previous_dataset_and_reruns(tmp_path):
   data_dir = str(tmp_path)
   path = registry.build("synthetic_organs", config, data_dir)
   before = datasets.read_examples(path, "train")
-  p = subprocess.Popen([sys.executable, "-c", BUILD, data_dir], cwd=ROOT, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+  p = smoke_workdir.run(["-c", BUILD, data_dir], env={"TF_CPP_MIN_LOG_LEVEL": "3"}, wait=False)
   watchdog = threading.Timer(300, p.kill)
   watchdog.start()
   out = ""

@@ -2,24 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from u2net_jax.model import layers
 from u2net_jax import param_table
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import smoke_workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _run(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return smoke_workdir.cli(*args, timeout=300)
 
 
+@pytest.mark.slow
 def test_params_mode_writes_counts_for_msd_without_data(tmp_path):
   # The msd preset needs no data folder for --mode=params.
   proc = _run("--config=experiments/five_domain.py:msd", "--mode=params",
@@ -46,6 +43,7 @@ def test_msd_separable_is_under_two_percent_of_five_independent_models():
   assert dense["total"] < 0.04 * totals["independent"]  # 3.96 %
 
 
+@pytest.mark.slow
 def test_overrides_and_default_workdir(tmp_path):
   proc = _run("--config=experiments/five_domain.py:smoke", "--mode=params",
               "--config.model.mode=shared", f"--workdir={tmp_path}")
@@ -59,6 +57,7 @@ def test_overrides_and_default_workdir(tmp_path):
       os.path.join("runs", "five_domain")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,message", [
     ("--config.data.tasks=heart,kidney", "Unknown domain 'kidney'"),
     ("--config.data.patch_size=(48,44,48)", "not divisible by 8"),
@@ -76,6 +75,7 @@ def test_bad_config_is_one_clear_line(tmp_path, override, message):
   assert not (tmp_path / "params.json").exists()
 
 
+@pytest.mark.slow
 def test_missing_config_file_is_one_clear_line(tmp_path):
   proc = _run("--config=experiments/nope.py", "--mode=params", f"--workdir={tmp_path}")
   assert proc.returncode == 2

@@ -1,19 +1,17 @@
 """The synthetic_organs TFDS builder, the TF-free build command and atomic builds."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import smoke_workdir
 from tfds_builders import common, registry
 from tfds_builders.synthetic_organs import synthetic_organs
 from u2net_jax.data import datasets
 from u2net_jax.errors import DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _small(domain, **kw):
@@ -79,23 +77,24 @@ def test_failed_rebuild_leaves_the_previous_version_readable(tmp_path, monkeypat
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-build")]
 
 
+@pytest.mark.slow
 def test_command_line_builds_without_tensorflow(tmp_path):
   code = ("import sys, runpy; sys.argv=['tfds_builders','build','synthetic_organs','--config',"
           f"'hippocampus','--data_dir',{str(tmp_path)!r}]\n"
           "try:\n  runpy.run_module('tfds_builders', run_name='__main__')\n"
           "except SystemExit as e:\n  assert not e.code, e.code\n"
           "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = smoke_workdir.run(["-c", code], timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "built synthetic_organs/hippocampus" in proc.stdout
   assert os.path.exists(tmp_path / "synthetic_organs" / "hippocampus" / "1.0.0" /
                         "dataset_info.json")
 
 
+@pytest.mark.slow
 def test_unknown_builder_or_config_is_one_clear_line(tmp_path):
   for args, msg in ((["nope"], "Unknown builder 'nope'"),
                     (["synthetic_organs", "--config", "kidney"], "no config 'kidney'")):
-    proc = subprocess.run([sys.executable, "-m", "tfds_builders", "build", *args, "--data_dir",
-                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = smoke_workdir.run(["-m", "tfds_builders", "build", *args, "--data_dir",
+                              str(tmp_path)], timeout=120)
     assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr

@@ -3,8 +3,6 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import jax
@@ -16,7 +14,6 @@ import smoke_workdir
 from u2net_jax import config_utils
 from u2net_jax.train import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -43,14 +40,11 @@ def smoke(data_dir, **overrides):
 
 
 def run_cli(workdir, data_dir, cache_dir, *args, env=None, wait=True):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir)
-  e.update(env or {})
-  cmd = [sys.executable, "run.py", "--config=experiments/five_domain.py:smoke",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args]
-  if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+  """`run.py` on the smoke preset in `workdir` (smoke_workdir.cli)."""
+  return smoke_workdir.cli("--config=experiments/five_domain.py:smoke", f"--workdir={workdir}",
+                           f"--config.data.data_dir={data_dir}", *args,
+                           env={"JAX_COMPILATION_CACHE_DIR": cache_dir, **(env or {})},
+                           wait=wait)
 
 
 def final_params(config, workdir):
@@ -188,6 +182,7 @@ def reference_run(tmp_path_factory, data_dir, cache_dir):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_summary_checkpoints_and_logs(reference_run):
   import json  # pylint: disable=g-import-not-at-top
   workdir, proc = reference_run
@@ -206,6 +201,7 @@ def test_smoke_run_writes_summary_checkpoints_and_logs(reference_run):
   assert "compiled the train step" in proc.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_ends_with_the_same_parameters(reference_run, tmp_path, data_dir,
                                                           cache_dir):
   ref_dir, _ = reference_run
@@ -227,6 +223,7 @@ def test_sigkill_then_rerun_ends_with_the_same_parameters(reference_run, tmp_pat
   assert_trees_equal(ref, new)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, cache_dir):
   workdir = str(tmp_path / "term")
   p = run_cli(workdir, data_dir, cache_dir, "--config.train.steps=400",
@@ -247,6 +244,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, cache_
   assert steps and 2 <= max(steps) < 400
 
 
+@pytest.mark.slow
 def test_eight_device_checkpoint_restores_and_resumes_on_one_device(reference_run, tmp_path,
                                                                     data_dir, cache_dir):
   import shutil  # pylint: disable=g-import-not-at-top
@@ -268,6 +266,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_distributed_run_agrees_with_one_process(tmp_path, data_dir, cache_dir):
   config = smoke(data_dir)
   single = str(tmp_path / "single")
@@ -290,6 +289,7 @@ def test_two_process_distributed_run_agrees_with_one_process(tmp_path, data_dir,
   assert_trees_equal(a, b, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--config.data.tasks=heart,kidney"], "Unknown domain 'kidney'"),
     (["--config.data.patch_size=(16,14,16)"], "not divisible by 4"),
@@ -308,11 +308,10 @@ def test_bad_configuration_stops_before_any_work(reference_run, tmp_path, data_d
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
+@pytest.mark.slow
 def test_msd_preset_without_manual_dir_is_a_clear_error(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "run.py", "--config=experiments/five_domain.py:msd",
-       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = smoke_workdir.cli("--config=experiments/five_domain.py:msd", f"--workdir={tmp_path}",
+                           timeout=300)
   assert proc.returncode != 0
   assert "--config.data.manual_dir" in proc.stderr and "Traceback" not in proc.stderr
 
