@@ -190,7 +190,8 @@ def test_run_evaluation_scores_msd_cases_on_the_source_grid(tmp_path, monkeypatc
   assert len(val["liver"]) == 2
   # A perfect model on the stored grid: it predicts the stored label.
   stored = {id(ex["image"]): ex["label"] for ex in val["liver"]}
-  monkeypatch.setattr(train, "make_predict_fn", lambda parts, device: lambda params, i: None)
+  monkeypatch.setattr("u2net_jax.train.evaluation.make_predict_fn",
+                      lambda parts, device: lambda params, i: None)
   monkeypatch.setattr(evaluate, "predict_volume",
                       lambda fn, image, *a, **k: stored[id(image)].copy())
 

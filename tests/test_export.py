@@ -65,7 +65,8 @@ def test_weights_are_the_shared_ones_and_that_domains_only(exported):
 
 def test_loaded_export_equals_the_in_process_model(exported):
   config = config_utils.load_config(exported)
-  _, parts, params, specs, step = train.restore_params(config, exported)
+  restored = train.restore_params(config, exported)
+  parts, params, specs, step = restored.parts, restored.params, restored.specs, restored.step
   stored = plans.read(exported)
   evaluation = train.make_predict_fn(parts, jax.local_devices()[0])
   for index, spec in enumerate(specs):

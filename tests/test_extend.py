@@ -48,7 +48,8 @@ def runs(tmp_path_factory):
 
 def _restore(workdir):
   config = config_utils.load_config(workdir)
-  model, parts, params, specs, step = train.restore_params(config, workdir, which="latest")
+  restored = train.restore_params(config, workdir, which="latest")
+  parts, params, specs = restored.parts, restored.params, restored.specs
   return config, parts, params, specs
 
 

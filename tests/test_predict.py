@@ -423,7 +423,8 @@ def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke,
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   workdir, _ = smoke
   config = config_utils.load_config(workdir)
-  _, _, params, specs, step = train.restore_params(config, workdir, needs_data=False)
+  restored = train.restore_params(config, workdir, needs_data=False)
+  params, specs, step = restored.params, restored.specs, restored.step
   spec = next(s for s in specs if s.name == "heart")
   plan = plans.read(workdir)["heart"]
   plain = export.export_domain(config, str(tmp_path / "plain"), spec, plan, params, step,

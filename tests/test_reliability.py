@@ -136,7 +136,8 @@ def steps_on_disk(workdir, sub=""):
 
 def params_of(workdir, which):
   config = config_utils.load_config(workdir)
-  _, _, params, _, step = train.restore_params(config, workdir, which=which, needs_data=False)
+  restored = train.restore_params(config, workdir, which=which, needs_data=False)
+  params, step = restored.params, restored.step
   return step, jax.tree.map(np.asarray, params)
 
 
@@ -303,7 +304,7 @@ def test_evaluate_predict_export_restore_the_previous_good_checkpoint(finished, 
   real = train.restore_params
 
   def restore_then_stop(*a, **k):
-    raise _Restored(real(*a, **k)[-1])
+    raise _Restored(real(*a, **k).step)
 
   monkeypatch.setattr(train, "restore_params", restore_then_stop)
   config = config_utils.load_config(finished)

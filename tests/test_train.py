@@ -48,7 +48,8 @@ def run_cli(workdir, data_dir, cache_dir, *args, env=None, wait=True):
 
 
 def final_params(config, workdir):
-  _, _, params, _, step = train.restore_params(config, workdir, which="latest")
+  restored = train.restore_params(config, workdir, which="latest")
+  params, step = restored.params, restored.step
   return step, jax.tree.map(np.asarray, params)
 
 

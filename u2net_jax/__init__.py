@@ -8,9 +8,10 @@ tests/test_layout.py, which also finds no import cycle between modules):
   infer/   sliding window, whole-volume prediction, post-processing,
            predictor, predict, export (writer) / exported (loader), review,
            evaluate (metrics of a domain)
-  train/   the loop (train.py), checkpoints, losses, optimizers, schedules,
-           extension by a new domain                ┐ each may use the other's
-                                                    ┘ modules, never in a cycle
+  train/   train.py (train_and_evaluate, a table of contents) over loop, step,
+           state, inputs, evaluation, summary, restore; checkpoints, losses,
+           optimizers, schedules, extension by a new domain
+           (infer/ and train/ may use each other's modules, never in a cycle)
   config_utils   reads and checks configs (uses data, model, infer constants)
   data/    NIfTI, preprocessing and its plans, the official resize, datasets,
            the input pipeline, augmentation        → core only

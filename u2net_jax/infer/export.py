@@ -128,7 +128,8 @@ def run(config, workdir: str, *, domain: str = "", postprocess_mode: str = "auto
   specs = config_utils.resolve_domains(config)
   chosen = [domains.lookup(specs, domain)] if domain else list(specs)
   plan_of = plans.load(workdir, config, chosen, log=log)
-  _, _, params, _, step = train.restore_params(config, workdir, needs_data=False)
+  restored = train.restore_params(config, workdir, needs_data=False)
+  params, step = restored.params, restored.step
   out = []
   for spec in chosen:
     decision = None

@@ -225,7 +225,8 @@ def from_workdir(config, workdir: str, domain: str, *, log=print) -> Predictor:
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   spec, _ = resolve_domain(config, domain)
   plan = plans.load(workdir, config, [spec], log=log)[spec.name]
-  _, _, params, _, step = train.restore_params(config, workdir, needs_data=False)
+  restored = train.restore_params(config, workdir, needs_data=False)
+  params, step = restored.params, restored.step
   return from_params(config, spec, plan, params, step, os.path.abspath(workdir))
 
 

@@ -40,7 +40,8 @@ def open_predictors(path: str, domains: str | Sequence[str] = "", *, log=print):
   specs = config_utils.resolve_domains(config)
   chosen = [domains_lib.lookup(specs, n) for n in wanted] if wanted else list(specs)
   plan_of = plans.load(path, config, chosen, log=log)
-  _, _, params, _, step = train.restore_params(config, path, needs_data=False)
+  restored = train.restore_params(config, path, needs_data=False)
+  params, step = restored.params, restored.step
   out = []
   for spec in chosen:
     p = predict.from_params(config, spec, plan_of[spec.name], params, step, os.path.abspath(path))

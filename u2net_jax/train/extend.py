@@ -16,11 +16,17 @@ architecture. `extend.train='new'` (the add-a-domain setting) freezes every
 shared weight and every old domain — no optimizer state for them — and only
 samples the new domains; `'all'` trains everything listed (e.g. fine-tuning a
 subset of domains from a checkpoint).
+
+`extension_report` is the new run's `summary["extension"]`: the new domains'
+Dice, the parameters they added and, with `extend.compare_independent`, the
+Dice of an independent model trained on them with the same budget.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -28,6 +34,7 @@ from jax.tree_util import DictKey
 
 from u2net_jax import config_utils
 from u2net_jax.errors import CheckpointError, ConfigError
+from u2net_jax.model import models
 
 INIT_KINDS = ("scratch", "similar")  # or 'copy:<base domain>'
 TRAIN_KINDS = ("new", "all")
@@ -49,6 +56,13 @@ class Plan:
   sources: dict
   new_domains: tuple
   train: str
+
+
+class Base(NamedTuple):
+  """The base run as the new run starts from it."""
+  plan: Plan
+  params: dict  # {"shared": ..., "domains": {name: ...}} on the host
+  step: int  # the base checkpoint's step
 
 
 def _extend_cfg(config):
@@ -85,7 +99,11 @@ def make_plan(config, specs, base_config, base_specs) -> Plan:
   get = _extend_cfg(config)
   arch_keys = ("mode", "features_root", "num_levels", "downsample", "deep_supervision",
                "pool_per_axis")
-  diff = [k for k in arch_keys if str(config.model.get(k)) != str(base_config.model.get(k))]
+  def arch(model_cfg, k):  # pool_per_axis: () = absent; a list once read back from JSON
+    v = model_cfg.get(k)
+    return str(models.parse_pools(v or ())) if k == "pool_per_axis" else str(v)
+
+  diff = [k for k in arch_keys if arch(config.model, k) != arch(base_config.model, k)]
   if diff:
     raise CheckpointError(
         f"init_from={base_dir!r} is a run of another architecture: model."
@@ -195,3 +213,58 @@ def _same_shape(new, old):
     raise CheckpointError(f"shared weight shape {np.shape(old)} in the base run differs from "
                           f"{np.shape(new)} here.")
   return old
+
+
+# ----------------------------------------------------------------------------
+# The report: what the new domains reached and cost.
+
+def independent_config(config):
+  """The same run as an independent model on the new domains only, from scratch."""
+  plan_new = config_utils.split_names(config.extend.new_domains)
+  sub = config.copy_and_resolve_references()
+  with sub.unlocked():
+    sub.init_from = ""
+    sub.extend.new_domains = ""
+    sub.extend.compare_independent = False
+    sub.model.mode = "independent"
+    sub.data.tasks = ",".join(plan_new)
+    sub.train.freeze_shared = False
+    sub.train.frozen_domains = ""
+    sub.train.domain_weights = ""
+  return sub
+
+
+def extension_report(config, workdir, plan, base_step, summary, counts, log, *,
+                     train_independent: Callable[..., dict]) -> dict | None:
+  """New-domain Dice, parameters added, and (optionally) an independent model's Dice.
+
+  `train_independent(config, workdir) -> summary` trains the comparison model
+  (`extend.compare_independent`): the training loop itself, called again.
+  None when a SIGTERM stopped the independent model's run (it saved; rerun).
+  """
+  specs = config_utils.resolve_domains(config)
+  new = list(plan.new_domains)
+  one_independent = {}
+  for spec in specs:
+    if spec.name in new:
+      one = models.build_model([spec], {**config.model.to_dict(), "mode": "independent"})
+      one_independent[spec.name] = models.param_counts(one)["total"]
+  report = {
+      "init_from": os.path.abspath(plan.base_workdir), "base_step": int(base_step),
+      "sources": dict(plan.sources), "trained": plan.train, "new_domains": {}}
+  for n in new:
+    added = counts["per_domain"][n]
+    report["new_domains"][n] = {
+        "mean_dice": summary["domains"][n]["mean_dice"],
+        "params_added": added,
+        "params_added_pct_of_independent": 100.0 * added / one_independent[n],
+        "independent_model_params": one_independent[n]}
+  if new and config.get("extend", {}).get("compare_independent", False):
+    sub_dir = os.path.join(workdir, "independent_" + "_".join(new))
+    log(f"training an independent model on {', '.join(new)} with the same budget in {sub_dir}")
+    sub = train_independent(independent_config(config), sub_dir)
+    if sub.get("preempted"):
+      return None  # the caller exits; a rerun resumes the comparison run
+    for n in new:
+      report["new_domains"][n]["independent_mean_dice"] = sub["domains"][n]["mean_dice"]
+  return report

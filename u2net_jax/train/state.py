@@ -1,0 +1,122 @@
+"""The training state: the mesh, the model split into shared and per-domain trees, optimizers.
+
+Shared and per-domain weights are separate trees keyed by name, so that a
+step updates one domain's weights and the optimizer of each tree is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from u2net_jax import config_utils
+from u2net_jax.errors import CheckpointError, ConfigError
+from u2net_jax.model import layers, models
+from u2net_jax.train import optim
+
+# ----------------------------------------------------------------------------
+# Mesh and processes.
+
+
+def maybe_initialize_distributed(config) -> None:
+  """jax.distributed.initialize() when asked (flag/config) — automatic on Cloud TPU."""
+  dist = config.get("distributed", None)
+  if dist is None or not dist.get("enabled", False):
+    return
+  # Nothing may touch the XLA backend before initialize() (not even process_count).
+  if getattr(maybe_initialize_distributed, "_done", False):
+    return
+  kw = {}
+  if dist.get("coordinator_address"):
+    kw = dict(coordinator_address=dist.coordinator_address,
+              num_processes=int(dist.num_processes), process_id=int(dist.process_id))
+  # Only affects CPU devices (multi-process CPU runs need gloo collectives);
+  # harmless on GPU/TPU. Checking the backend here would initialize it.
+  jax.config.update("jax_cpu_collectives_implementation",
+                    dist.get("cpu_collectives", "") or "gloo")
+  jax.distributed.initialize(**kw)
+  maybe_initialize_distributed._done = True
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D ("data",) mesh over the first `num_devices` devices (0: all of them)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices) or jax.process_count() > 1 and num_devices != len(devices):
+      raise ConfigError(f"train.num_devices={num_devices} but {len(devices)} devices exist.")
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+# ----------------------------------------------------------------------------
+# State: shared and per-domain weights as separate trees, keyed by name.
+
+
+@dataclasses.dataclass
+class ModelParts:
+  """What `merge` needs besides the params to rebuild the model."""
+  graphdef: nnx.GraphDef
+  names: tuple[str, ...]
+  rest: nnx.State
+
+  def merge(self, params) -> models.U2Net:
+    return nnx.merge(self.graphdef, params["shared"],
+                     *[params["domains"][n] for n in self.names], self.rest)
+
+
+def domain_filter(name: str):
+  return nnx.All(layers.DomainParam, lambda path, _: path[-1] == name)
+
+
+def split_model(model: models.U2Net) -> tuple[ModelParts, dict]:
+  """(parts, {"shared": State, "domains": {name: State}})."""
+  names = model.domain_names
+  graphdef, shared, *doms, rest = nnx.split(model, layers.SHARED,
+                                            *[domain_filter(n) for n in names], ...)
+  params = {"shared": shared, "domains": dict(zip(names, doms))}
+  return ModelParts(graphdef, names, rest), params
+
+
+def architecture(config, specs) -> dict:
+  """What a checkpoint must match to be restored into this config."""
+  m = config.model
+  return {"mode": m.mode, "features_root": int(m.features_root),
+          "num_levels": int(m.num_levels), "downsample": m.downsample,
+          "deep_supervision": bool(m.deep_supervision),
+          **({"pool_per_axis": list(models.parse_pools(m.pool_per_axis))}
+             if m.get("pool_per_axis") else {}),
+          "domains": {d.name: [d.in_channels, d.num_classes] for d in specs}}
+
+
+def check_architecture(meta: dict, expected: dict, directory: str) -> None:
+  got = meta.get("architecture")
+  if got != expected:
+    raise CheckpointError(
+        f"{directory} holds a checkpoint of another architecture ({got}); this config "
+        f"builds {expected}. Use another --workdir or the matching config.")
+
+
+def build_train_state(config, specs, mesh):
+  """(model, parts, state, tx_shared, tx_domain); state = {params, opt, step}, replicated."""
+  model = models.build_model(specs, config.model, seed=int(config.seed))
+  parts, params = split_model(model)
+  tcfg = config.train
+  scaling = tcfg.get("update_scaling", "none")
+  tx_shared = optim.make_tx(float(tcfg.weight_decay), tcfg.weight_decay_mode, scaling=scaling)
+  wd_d = float(tcfg.weight_decay_domain) if float(tcfg.weight_decay_domain) >= 0 else \
+      float(tcfg.weight_decay)
+  tx_domain = optim.make_tx(wd_d, tcfg.weight_decay_mode, scaling=scaling)
+  frozen = set(config_utils.split_names(tcfg.get("frozen_domains", "")))
+  opt = optim.init_opt_state(params["shared"], params["domains"], tx_shared, tx_domain,
+                             freeze_shared=bool(tcfg.get("freeze_shared", False)),
+                             frozen_domains=frozen)
+  state = {"params": params, "opt": opt, "step": jnp.zeros((), jnp.int32)}
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  return model, parts, state, tx_shared, tx_domain

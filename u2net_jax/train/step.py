@@ -1,0 +1,125 @@
+"""The update step: loss and gradients of one batch of one domain, clipping, the optimizers.
+
+One program for every domain: the step takes the domain as a traced int32,
+per-domain weights are gathered inside it (see layers.DomainSelector), and
+inputs are zero-padded to the largest channel count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from u2net_jax import config_utils
+from u2net_jax.errors import ConfigError
+from u2net_jax.model import models
+from u2net_jax.train import losses, optim
+from u2net_jax.train.state import ModelParts
+
+
+def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, tx_domain):
+  """step(state, batch, lr_shared, lr_domain) -> (state, {"loss", "grad_norm", "finite"})."""
+  tcfg = config.train
+  counts = jnp.array([d.num_classes for d in model.domains])
+  max_k = model.max_num_classes
+  accum = int(tcfg.get("grad_accum", 1))
+  freeze_shared = bool(tcfg.get("freeze_shared", False))
+  loss_kw = config_utils.loss_options(tcfg)
+
+  def loss_fn(params, image, label, domain):
+    if freeze_shared:
+      # No weight gradient for frozen shared weights: none computed, none
+      # counted in the clipping norm.
+      params = {"shared": jax.lax.stop_gradient(params["shared"]),
+                "domains": params["domains"]}
+    logits = parts.merge(params)(image, domain)
+    mask = jnp.arange(max_k) < counts[domain]
+    return losses.segmentation_loss(logits, label, kind=tcfg.loss, class_mask=mask, **loss_kw)
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def step(state, batch, lr_shared, lr_domain):
+    params = state["params"]
+    domain = batch["domain"]
+    if accum == 1:
+      loss, grads = grad_fn(params, batch["image"], batch["label"], domain)
+    else:
+      def micro(carry, xs):
+        l, g = grad_fn(params, xs[0], xs[1], domain)
+        return jax.tree.map(jnp.add, carry, (l, g)), None
+      split = lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
+      zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+      (loss, grads), _ = jax.lax.scan(micro, zero, (split(batch["image"]), split(batch["label"])))
+      loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+    grads, gnorm = optim.clip_grads(grads, float(tcfg.grad_clip))
+    new_params, new_opt = optim.apply_updates(
+        params, grads, state["opt"], domain, names=parts.names, tx_shared=tx_shared,
+        tx_domain=tx_domain, lr_shared=lr_shared, lr_domain=lr_domain,
+        domain_updates=optim.check_domain_updates(tcfg.get("domain_updates", "isolated")))
+    # A non-finite loss or gradient leaves the state as it was (the caller
+    # then stops or skips, by config): no NaN ever reaches a checkpoint.
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = {"params": keep(new_params, params), "opt": keep(new_opt, state["opt"]),
+                 "step": state["step"] + finite.astype(jnp.int32)}
+    return new_state, {"loss": loss, "grad_norm": gnorm, "finite": finite}
+
+  return step
+
+
+def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
+  """(shared lr, domain lr) at `step` for `train.schedule`."""
+  total = max(int(tcfg.steps), 1)
+  if tcfg.schedule == "constant":
+    factor = 1.0
+  elif tcfg.schedule == "poly":
+    factor = (1 - min(step, total - 1) / total) ** 0.9
+  elif tcfg.schedule in ("plateau", "loss_plateau"):
+    factor = plateau_scale
+  else:
+    raise ConfigError(f"train.schedule {tcfg.schedule!r} is not constant, poly, plateau or "
+                      "loss_plateau.")
+  warm = int(tcfg.get("warmup_steps", 0))
+  if warm and step < warm:
+    factor *= (step + 1) / warm
+  lr_d = tcfg.lr_domain if float(tcfg.lr_domain) > 0 else tcfg.lr
+  return float(tcfg.lr) * factor, float(lr_d) * factor
+
+
+class CompiledStep(NamedTuple):
+  """The compiled update step and what feeds it."""
+  fn: Callable  # (state, global batch, lr_shared f32, lr_domain f32) -> (state, out); donates state
+  to_global: Callable[[dict], dict]  # a host batch → arrays over the whole mesh
+  trace_seconds: float
+  seconds: float  # tracing and compiling
+
+
+def compile_train_step(step_fn, mesh, batch_size: int, state, sampler, start: int,
+                       plateau_scale: float, tcfg) -> CompiledStep:
+  """Lowers and compiles `step_fn` for the batch of step `start` (ahead of the loop)."""
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P("data"))
+  jit_step = jax.jit(step_fn, donate_argnums=(0,),
+                     out_shardings=(replicated, replicated))
+
+  def to_global(b):
+    out = {}
+    for k in ("image", "label"):
+      local = b[k]
+      out[k] = jax.make_array_from_process_local_data(
+          data_sharding, local, (batch_size,) + local.shape[1:])
+    out["domain"] = jax.device_put(jnp.int32(b["domain"]), replicated)
+    return out
+
+  t0 = time.time()
+  example = to_global(sampler.batch(start))
+  lr0 = learning_rate(tcfg, start, plateau_scale)
+  lowered = jit_step.lower(state, example, *map(jnp.float32, lr0))
+  trace_s = time.time() - t0
+  compiled = lowered.compile()
+  return CompiledStep(compiled, to_global, trace_s, time.time() - t0)
