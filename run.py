@@ -78,7 +78,7 @@ def main(argv):
   # Imported here so `--help` stays fast.
   from u2net_jax import config_utils, param_table  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
-  from u2net_jax.infer import export, exported, predict  # pylint: disable=g-import-not-at-top
+  from u2net_jax.infer import export, model_source, predict  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.config is None:
@@ -87,7 +87,7 @@ def main(argv):
                          "(evaluate needs --config or --workdir of a trained run)")
       workdir = FLAGS.workdir
       # predict also runs from an export folder (W/export/<domain>), which has no config.
-      config = (None if FLAGS.mode == "predict" and exported.is_export_dir(workdir)
+      config = (model_source.open_source(workdir).config if FLAGS.mode == "predict"
                 else config_utils.load_config(workdir))
     else:
       config, path, preset = _config_and_preset()

@@ -6,8 +6,9 @@ tests/test_layout.py, which also finds no import cycle between modules):
   run.py, experiments/, benchmarks/    use anything
   param_table                          app level (--mode=params)
   infer/   sliding window, whole-volume prediction, post-processing,
-           predictor, predict, export (writer) / exported (loader), review,
-           evaluate (metrics of a domain)
+           predictor, model_source (workdir or export folder?), predict,
+           export (writer) / exported (loader), review, evaluate (metrics of
+           a domain)
   train/   train.py (train_and_evaluate, a table of contents) over loop, step,
            state, inputs, evaluation, summary, restore; checkpoints, losses,
            optimizers, schedules, extension by a new domain
@@ -20,7 +21,8 @@ tests/test_layout.py, which also finds no import cycle between modules):
   core     errors, io (atomic writes), domains (DomainSpec), options (named
            config choices), metrics, logging_utils → nothing of u2net_jax
 
-Loading an export (`infer/exported.py`) imports neither Flax nor `model/`.
+Loading an export (`infer/exported.py`), and telling one from a workdir
+(`infer/model_source.py`), imports neither Flax nor `model/`.
 """
 
 __version__ = "0.1.0"

@@ -9,10 +9,11 @@ arg-max → optional largest-component filter → `preprocess.invert_label`
 the input's affine, header geometry and shape (+ optional probability maps).
 
 A `Predictor` is a domain's plan plus a window function; it comes from a
-workdir's checkpoint (`from_workdir`) or from an export (`exported.load`),
-and the rest of the pipeline does not care which.
+workdir's checkpoint (`from_workdir`) or from an export (`exported.load`) —
+`model_source.open_source` decides which a path is — and the rest of the
+pipeline does not care which.
 
-This module imports JAX/Flax only inside `from_workdir` and `run`.
+This module imports neither JAX nor Flax; a workdir's predictor does (`model_source`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import numpy as np
 from u2net_jax.data import preprocess
 from u2net_jax.data.plans import DomainPlan
 from u2net_jax.errors import ConfigError, InputError
-from u2net_jax.infer import inputs, outputs, postprocess
+from u2net_jax.infer import inputs, model_source, outputs, postprocess
+from u2net_jax.infer.model_source import (  # noqa: F401 (predict.from_params, ...)
+    from_params, from_workdir, resolve_domain)
 from u2net_jax.infer.predictor import Predictor  # noqa: F401 (predict.Predictor)
 
 POSTPROCESS_MODES = ("auto", "on", "off")
@@ -188,49 +191,6 @@ def ensure_decision(predictor: Predictor, workdir: str, config=None, *, log=prin
 
 
 # ----------------------------------------------------------------------------
-# From a workdir.
-
-def resolve_domain(config, domain: str):
-  """The DomainSpec called `domain` among the config's (ConfigError otherwise)."""
-  from u2net_jax import config_utils, domains  # pylint: disable=g-import-not-at-top
-  specs = config_utils.resolve_domains(config)
-  if not domain:
-    raise ConfigError(f"--domain is required; this model knows {[s.name for s in specs]}.")
-  return domains.lookup(specs, domain), specs
-
-
-def from_params(config, spec, plan: DomainPlan, params, step: int, source: str = "") -> Predictor:
-  """The in-process predictor of domain `spec` from a universal model's params.
-
-  It runs the same pure function (`domain_model.make_apply`, shared + this
-  domain's weights) that `--mode=export` serializes.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
-  from u2net_jax.model import domain_model  # pylint: disable=g-import-not-at-top
-  weights = jax.device_put(domain_model.weights_of(params, spec, config.model))
-  apply = jax.jit(domain_model.make_apply(spec, config.model))
-  ev = config.eval
-  return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
-                   overlap=float(ev.overlap), window_batch=int(ev.window_batch),
-                   mirror=bool(ev.mirror), blend=str(ev.get("blend", "gaussian")),
-                   source_patch=config_utils.source_patch_for(config, spec.name),
-                   step=int(step), source=source)
-
-
-def from_workdir(config, workdir: str, domain: str, *, log=print) -> Predictor:
-  """The predictor of `domain` from the workdir's best (else latest) checkpoint."""
-  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
-  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
-  spec, _ = resolve_domain(config, domain)
-  plan = plans.load(workdir, config, [spec], log=log)[spec.name]
-  restored = train.restore_params(config, workdir, needs_data=False)
-  params, step = restored.params, restored.step
-  return from_params(config, spec, plan, params, step, os.path.abspath(workdir))
-
-
-# ----------------------------------------------------------------------------
 # The command.
 
 def _progress_bar(total: int, desc: str, position: int = 0, leave: bool = True):
@@ -296,26 +256,16 @@ def run(config, workdir: str, *, domain: str, input_path: str, output: str,
   Every input is checked (domain, files, headers, channel counts, output
   names) before the checkpoint is read or anything is written.
   """
-  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
-  from u2net_jax.infer import exported  # pylint: disable=g-import-not-at-top
   if postprocess_mode not in POSTPROCESS_MODES:
     raise ConfigError(f"--postprocess {postprocess_mode!r} is not one of {POSTPROCESS_MODES}.")
   if not input_path:
     raise InputError("--input is required: a NIfTI file, channel files or a folder.")
-  if exported.is_export_dir(workdir):
-    predictor_of = lambda: exported.load(workdir, domain=domain)
-    plan = exported.read_plan(workdir, domain=domain)
-  else:
-    spec, _ = resolve_domain(config, domain)
-    stored = plans.read(workdir)
-    plan = stored[spec.name] if stored and spec.name in stored else None
-    if plan is None:
-      plan = plans.load(workdir, config, [spec], log=log)[spec.name]
-    predictor_of = lambda: from_workdir(config, workdir, domain, log=log)
+  source = model_source.open_source(workdir, config)
+  plan = source.plan(domain, log=log)
   cases, _, label_paths = plan_cases(input_path, output, plan)
-  predictor = predictor_of()
-  if postprocess_mode == "auto" and predictor.decision is None and config is not None:
-    ensure_decision(predictor, workdir, config, log=log)
+  predictor = source.predictor(domain, log=log)
+  if postprocess_mode == "auto" and predictor.decision is None and source.config is not None:
+    ensure_decision(predictor, workdir, source.config, log=log)
   done = predict_cases(predictor, cases, label_paths, postprocess_mode=postprocess_mode,
                        save_probabilities=save_probabilities, progress=progress, log=log)
   for d in done:

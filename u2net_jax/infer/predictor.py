@@ -1,9 +1,9 @@
 """`Predictor`: a domain's preprocessing plan plus a window function.
 
 Where the window function comes from — a workdir's checkpoint
-(`predict.from_workdir`, `predict.from_params`) or an export
-(`exported.load`) — does not matter to the rest of inference. This module
-imports neither JAX nor Flax.
+(`model_source.from_workdir`, `from_params`) or an export (`exported.load`);
+`model_source.open_source` tells which a path holds — does not matter to the
+rest of inference. This module imports neither JAX nor Flax.
 """
 
 from __future__ import annotations

@@ -15,39 +15,19 @@ from typing import Sequence
 import numpy as np
 
 from u2net_jax import metrics
-from u2net_jax.infer import postprocess, predict
+from u2net_jax.infer import model_source, postprocess, predict
 
 
 def open_predictors(path: str, domains: str | Sequence[str] = "", *, log=print):
   """(predictors, config or None) for a workdir or an export folder.
 
   Args:
-    path: a workdir (best, else latest checkpoint) or `W/export/<domain>`.
+    path: a workdir (best, else latest checkpoint) or `W/export/<domain>`
+      (`model_source.open_source` tells which).
     domains: names to keep ('a,b' or a list; empty = all).
   """
-  from u2net_jax.infer import exported  # pylint: disable=g-import-not-at-top
-  if isinstance(domains, str):
-    domains = domains.split(",")
-  wanted = [d.strip() for d in domains if d.strip()]
-  if exported.is_export_dir(path):  # no model code imported on this path
-    p = exported.load(path, domain=wanted[0] if len(wanted) == 1 else "")
-    return [p], None
-  from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
-  from u2net_jax import domains as domains_lib
-  from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
-  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
-  config = config_utils.load_config(path)
-  specs = config_utils.resolve_domains(config)
-  chosen = [domains_lib.lookup(specs, n) for n in wanted] if wanted else list(specs)
-  plan_of = plans.load(path, config, chosen, log=log)
-  restored = train.restore_params(config, path, needs_data=False)
-  params, step = restored.params, restored.step
-  out = []
-  for spec in chosen:
-    p = predict.from_params(config, spec, plan_of[spec.name], params, step, os.path.abspath(path))
-    p.decision = postprocess.read_decision(path, spec.name, step)
-    out.append(p)
-  return out, config
+  source = model_source.open_source(path)
+  return source.predictors(domains, log=log), source.config
 
 
 def cases(predictor: predict.Predictor, split: str = "validation", *, config=None,
