@@ -28,7 +28,7 @@ def test_domain_registry():
       "heart": ("MRI", 1, 2), "liver": ("CT", 1, 2), "hippocampus": ("MRI", 1, 3),
       "prostate": ("MRI", 2, 3), "pancreas": ("CT", 1, 2), "spleen": ("CT", 1, 2)}
   for name, d in gen.DOMAINS.items():
-    assert (d.modality, d.num_channels, d.num_classes) == expect[name]
+    assert (d.modality, d.in_channels, d.num_classes) == expect[name]
     assert d.class_names[0] == "background"
     assert all(40 <= n <= 96 for n in d.shape)
     assert len(d.spacing) == 3 and min(d.spacing) > 0
@@ -77,7 +77,7 @@ def test_case_contract(cases, name):
   d = gen.DOMAINS[name]
   for c in cases[name][0] + cases[name][1]:
     img, lab = c["image"], c["label"]
-    assert img.dtype == np.float32 and img.shape == d.shape + (d.num_channels,)
+    assert img.dtype == np.float32 and img.shape == d.shape + (d.in_channels,)
     assert np.isfinite(img).all()
     assert lab.dtype == np.uint8 and lab.shape == d.shape
     assert set(np.unique(lab)) <= set(range(d.num_classes))

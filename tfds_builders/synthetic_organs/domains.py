@@ -3,6 +3,11 @@
 Six domains stand in for the Medical Segmentation Decathlon tasks of the
 3D U²-Net paper (heart, liver, hippocampus, prostate, pancreas) plus spleen,
 held back for the new-domain experiment.
+
+A `SyntheticDomain` is a `u2net_jax.domains.DomainSpec` (names, modality,
+spacing, `in_channels`, `num_classes` and their checks) plus what the
+generator needs: the default volume shape and case counts.
+`u2net_jax.domains` imports no JAX, so the builder stays light.
 """
 
 from __future__ import annotations
@@ -13,60 +18,53 @@ from tfds_builders.synthetic_organs.abdomen import build_abdomen
 from tfds_builders.synthetic_organs.heart import build_heart
 from tfds_builders.synthetic_organs.hippocampus import build_hippocampus
 from tfds_builders.synthetic_organs.prostate import build_prostate
+from u2net_jax.domains import DomainSpec
+from u2net_jax.errors import ConfigError
 
 SPLITS = ("train", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticDomain:
+class SyntheticDomain(DomainSpec):
   """One synthetic segmentation domain (one TFDS builder config).
 
-  Attributes:
-    name: 'heart', 'liver', 'hippocampus', 'prostate', 'pancreas' or 'spleen'.
-    modality: 'MRI' or 'CT'.
-    channel_names: one name per image channel, e.g. ('T2', 'ADC').
-    class_names: one name per label value, 'background' first.
-    spacing: voxel size in mm, (z, y, x), at the default `shape`.
-    shape: default volume shape (D, H, W), voxels.
+  Attributes (besides DomainSpec's, whose `patch_size` the generator ignores):
+    shape: default volume shape (D, H, W), voxels; `spacing` (mm, z/y/x) is
+      the spacing at this shape.
     num_train: default number of training cases.
     num_validation: default number of validation cases.
   """
-  name: str
-  modality: str
-  channel_names: tuple[str, ...]
-  class_names: tuple[str, ...]
-  spacing: tuple[float, float, float]
+  _: dataclasses.KW_ONLY
   shape: tuple[int, int, int]
   num_train: int = 24
   num_validation: int = 8
 
-  @property
-  def num_channels(self) -> int:
-    return len(self.channel_names)
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+    if len(self.shape) != 3 or min(self.shape) < 16:
+      raise ConfigError(
+          f"Synthetic domain {self.name!r}: shape {self.shape} must be 3 ints, each >= 16.")
 
 
 # Spacings mimic each MSD task's anisotropy; the anatomy is a scaled phantom
 # (the CT body is ~110 mm wide) so every volume fits in 48-80 voxels a side.
+# Fields in DomainSpec's order: name, channel_names, class_names, modality, spacing.
 DOMAINS: dict[str, SyntheticDomain] = {
     d.name: d for d in (
-        SyntheticDomain("heart", "MRI", ("MRI",), ("background", "left_atrium"),
-                        (1.37, 1.25, 1.25), (48, 64, 64)),
-        SyntheticDomain("liver", "CT", ("CT",), ("background", "liver"),
-                        (2.5, 1.5, 1.5), (48, 80, 80)),
-        SyntheticDomain("hippocampus", "MRI", ("MRI",),
-                        ("background", "anterior", "posterior"),
-                        (1.0, 1.0, 1.0), (48, 48, 48)),
-        SyntheticDomain("prostate", "MRI", ("T2", "ADC"),
-                        ("background", "peripheral_zone", "transition_zone"),
-                        (3.6, 1.25, 1.25), (48, 64, 64)),
-        SyntheticDomain("pancreas", "CT", ("CT",), ("background", "pancreas"),
-                        (2.0, 1.5, 1.5), (48, 80, 80)),
-        SyntheticDomain("spleen", "CT", ("CT",), ("background", "spleen"),
-                        (3.0, 1.5, 1.5), (48, 80, 80)),
+        SyntheticDomain("heart", ("MRI",), ("background", "left_atrium"), "MRI",
+                        (1.37, 1.25, 1.25), shape=(48, 64, 64)),
+        SyntheticDomain("liver", ("CT",), ("background", "liver"), "CT",
+                        (2.5, 1.5, 1.5), shape=(48, 80, 80)),
+        SyntheticDomain("hippocampus", ("MRI",), ("background", "anterior", "posterior"),
+                        "MRI", (1.0, 1.0, 1.0), shape=(48, 48, 48)),
+        SyntheticDomain("prostate", ("T2", "ADC"),
+                        ("background", "peripheral_zone", "transition_zone"), "MRI",
+                        (3.6, 1.25, 1.25), shape=(48, 64, 64)),
+        SyntheticDomain("pancreas", ("CT",), ("background", "pancreas"), "CT",
+                        (2.0, 1.5, 1.5), shape=(48, 80, 80)),
+        SyntheticDomain("spleen", ("CT",), ("background", "spleen"), "CT",
+                        (3.0, 1.5, 1.5), shape=(48, 80, 80)),
     )
 }
 

@@ -62,7 +62,7 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
     dom = generator.get_domain(self.builder_config.domain)
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=common.features(len(dom.channel_names)),
+        features=common.features(dom.in_channels),
         metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
@@ -84,13 +84,13 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
       for c in cases:
         p = preprocess.preprocess_case(
             c["image"], c["spacing"], dom.modality, c["spacing"], stats=stats,
-            label=c["label"], num_classes=len(dom.class_names))
+            label=c["label"], num_classes=dom.num_classes)
         examples[split].append(common.example(
             p["image"], p["label"], spacing=p["spacing"],
             original_spacing=p["original_spacing"], original_shape=p["original_shape"],
             affine=_nifti_affine(c["affine"]), crop_box=p["crop_box"],
             case_id=c["case_id"]))
-    n = len(dom.class_names)
+    n = dom.num_classes
     md = self.info.metadata
     md["threshold_baseline_dice"] = float(generator.threshold_baseline_dice(
         examples["train"], examples["validation"], n))
