@@ -2,6 +2,11 @@
 
 A domain is identified by its name everywhere (parameters, optimizer state,
 metrics, exports). Channel and class counts may differ between domains.
+
+`DomainSpec` is the one description of a domain: the preprocessing plan
+(`data.plans.DomainPlan`) and the synthetic benchmark's domains
+(`tfds_builders.synthetic_organs.domains.SyntheticDomain`) are DomainSpecs
+with fields added, so names, counts and checks live here only.
 """
 
 from __future__ import annotations

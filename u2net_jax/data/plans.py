@@ -8,6 +8,17 @@ its domains to `<workdir>/preprocessing.json` (`write`); `load` reads that
 file, or rebuilds the plans from the TFDS datasets' metadata when a workdir
 predates it. Exports copy a plan into their `meta.json`.
 
+A `DomainPlan` is a `domains.DomainSpec` (a subclass) plus the preprocessing
+fields `normalization`, `ct_stats` and `dataset_dir`: the names, counts
+(`in_channels`, `num_classes`) and checks of a domain live in DomainSpec
+only, and a plan goes wherever a spec does. A subclass rather than a held
+spec, so that every reader keeps `plan.name`, `plan.patch_size`, ... with no
+forwarding properties. Two things keep the plans file's shape:
+`target_spacing` is the spec's `spacing` (a read-only alias, the name the
+file and prediction use), and the constructor keeps the file's argument order
+(name, modality, channel_names, class_names, target_spacing, ...), so
+`to_dict`/`from_dict` write and read exactly the keys of format version 1.
+
 This module imports neither JAX nor Flax (the export loader uses it).
 """
 
@@ -19,67 +30,71 @@ import os
 from typing import Mapping, Sequence
 
 from u2net_jax import io
+from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
 
 PLANS_FILE = "preprocessing.json"
 FORMAT_VERSION = 1
+# The keys of one domain's plan in the plans file and in an export's meta.json, in order.
+PLAN_KEYS = ("name", "modality", "channel_names", "class_names", "target_spacing",
+             "normalization", "ct_stats", "patch_size", "dataset_dir")
 
 
-@dataclasses.dataclass(frozen=True)
-class DomainPlan:
-  """How one domain's scans are preprocessed and predicted.
+@dataclasses.dataclass(frozen=True, init=False)
+class DomainPlan(DomainSpec):
+  """How one domain's scans are preprocessed and predicted: a DomainSpec plus preprocessing.
 
-  Attributes:
-    name: domain name.
-    modality: 'CT' or 'MRI' (selects the normalization).
-    channel_names: one per input channel, in channel order.
-    class_names: one per output class, background first.
-    target_spacing: mm (z, y, x) of the grid the model works on.
+  Attributes (besides DomainSpec's; `spacing` is the target spacing):
+    target_spacing: mm (z, y, x) of the grid the model works on (= `spacing`).
     normalization: 'nnunet' or 'official' (see data/preprocess.py).
     ct_stats: dict(p005, p995, mean, std) of the training set's foreground
       (CT with 'nnunet' normalization), else None.
-    patch_size: sliding-window size, voxels (D, H, W).
     dataset_dir: the TFDS dataset the model was trained on ('' if unknown).
   """
-  name: str
-  modality: str
-  channel_names: tuple[str, ...]
-  class_names: tuple[str, ...]
-  target_spacing: tuple[float, float, float]
   normalization: str = "nnunet"
   ct_stats: dict | None = None
-  patch_size: tuple[int, int, int] = (64, 64, 64)
   dataset_dir: str = ""
+
+  def __init__(self, name: str, modality: str, channel_names: Sequence[str],
+               class_names: Sequence[str], target_spacing: Sequence[float],
+               normalization: str = "nnunet", ct_stats: Mapping | None = None,
+               patch_size: Sequence[int] = (64, 64, 64), dataset_dir: str = ""):
+    """Arguments in the plans file's order; `patch_size` in voxels (D, H, W)."""
+    for k, v in (("name", name), ("modality", modality), ("channel_names", channel_names),
+                 ("class_names", class_names), ("spacing", target_spacing),
+                 ("normalization", normalization), ("ct_stats", ct_stats),
+                 ("patch_size", patch_size), ("dataset_dir", dataset_dir)):
+      object.__setattr__(self, k, v)
+    self.__post_init__()
 
   def __post_init__(self):
     object.__setattr__(self, "channel_names", tuple(str(c) for c in self.channel_names))
     object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-    object.__setattr__(self, "target_spacing", tuple(float(s) for s in self.target_spacing))
-    object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+    super().__post_init__()
     if self.ct_stats is not None:
       object.__setattr__(self, "ct_stats", {k: float(v) for k, v in self.ct_stats.items()})
     if self.modality == "CT" and self.normalization == "nnunet" and self.ct_stats is None:
       raise ConfigError(f"Plan of CT domain {self.name!r} has no CT statistics (ct_stats).")
 
   @property
-  def in_channels(self) -> int:
-    return len(self.channel_names)
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+  def target_spacing(self) -> tuple[float, float, float]:
+    """mm (z, y, x): the spec's `spacing`, under the plans file's name."""
+    return self.spacing
 
   def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
+    """The plan as stored: PLAN_KEYS in order, sequences as lists."""
+    d = {k: getattr(self, k) for k in PLAN_KEYS}
     for k in ("channel_names", "class_names", "target_spacing", "patch_size"):
       d[k] = list(d[k])
+    if d["ct_stats"] is not None:
+      d["ct_stats"] = dict(d["ct_stats"])
     return d
 
   @classmethod
   def from_dict(cls, d: Mapping) -> "DomainPlan":
-    known = {f.name for f in dataclasses.fields(cls)}
+    """The plan stored as `d` (keys other than PLAN_KEYS are ignored)."""
     try:
-      return cls(**{k: v for k, v in d.items() if k in known})
+      return cls(**{k: v for k, v in d.items() if k in PLAN_KEYS})
     except TypeError as e:
       raise ConfigError(f"Malformed preprocessing plan {dict(d)}: {e}") from None
 
