@@ -104,8 +104,17 @@ def test_every_module_has_a_layer():
 
 
 @pytest.mark.slow
-def test_loading_an_export_imports_neither_flax_nor_the_model():
-  code = ("import sys\nfrom u2net_jax.infer import exported, predict\n"
+def test_loading_an_export_imports_neither_flax_nor_the_model(tmp_path):
+  # model_source tells the folder (its meta.json) from a workdir and reads its plan.
+  code = ("import json, os, sys\n"
+          "from u2net_jax.data.plans import DomainPlan\n"
+          "from u2net_jax.infer import exported, model_source, predict, review\n"
+          "plan = DomainPlan('organ', 'MRI', ['MRI'], ['background', 'organ'], [1, 1, 1])\n"
+          f"d = {str(tmp_path)!r}\n"
+          "with open(os.path.join(d, exported.META_FILE), 'w') as f:\n"
+          "  json.dump({'format': exported.FORMAT, 'domain': 'organ', 'plan': plan.to_dict()}, f)\n"
+          "source = model_source.open_source(d)\n"
+          "assert source.kind == 'export' and source.plan('') == plan, source\n"
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax')"
           " or m.startswith(('u2net_jax.model', 'u2net_jax.train', 'u2net_jax.config_utils')))\n"
           "assert not bad, bad\n")

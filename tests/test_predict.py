@@ -2,16 +2,18 @@
 
 import json
 import os
+import re
 import shutil
 import tracemalloc
 
+import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
 
 import smoke_workdir
 from u2net_jax import config_utils
-from u2net_jax.infer import inputs, postprocess, predict
+from u2net_jax.infer import exported, inputs, model_source, postprocess, predict, review
 from u2net_jax.data import plans
 from u2net_jax.infer import sliding_window, volume
 from u2net_jax.errors import ConfigError, InputError
@@ -277,6 +279,67 @@ def test_predictor_with_a_source_patch_predicts_through_the_official_resize(tmp_
   assert 2 * np.sum(labels & truth) / (labels.sum() + truth.sum()) > 0.95
   out, _ = predict.segment(phantom()[..., None], (2.5, 1.7, 0.9), p)
   assert out.shape == (30, 26, 20)
+
+
+# -- workdir or export folder? (model_source) --------------------------------------
+
+def _export_meta_only(directory, plan) -> str:
+  """An export folder's meta.json alone: enough to tell it apart and read its plan."""
+  os.makedirs(directory, exist_ok=True)
+  meta = {"format": exported.FORMAT, "format_version": 1, "domain": plan.name,
+          "plan": plan.to_dict()}
+  with open(os.path.join(directory, exported.META_FILE), "w") as f:
+    json.dump(meta, f)
+  return str(directory)
+
+
+def test_an_export_folder_and_a_workdir_are_told_apart(tmp_path):
+  plan = _plan((2.0, 1.0, 1.0))
+  folder = _export_meta_only(tmp_path / "export" / "organ", plan)
+  source = model_source.open_source(folder)
+  assert (source.kind, source.path, source.config) == ("export", folder, None)
+  assert source.is_export and source.plan("") == source.plan("organ") == plan
+  with pytest.raises(ConfigError, match="holds only 'organ'"):
+    source.plan("heart")
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"seed": 7}))
+  source = model_source.open_source(str(workdir))
+  assert source.kind == "workdir" and not source.is_export and source.config.seed == 7
+  # With --config, a folder without config.json (nothing trained yet) is its workdir.
+  given = ml_collections.ConfigDict({"seed": 1})
+  source = model_source.open_source(str(tmp_path / "new"), given)
+  assert source.kind == "workdir" and source.config is given
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "other_meta", "broken_meta"])
+def test_a_folder_that_is_neither_is_one_clear_error_naming_it(tmp_path, kind):
+  path = tmp_path / "neither"
+  if kind != "missing":
+    path.mkdir()
+  if kind == "other_meta":
+    (path / "meta.json").write_text(json.dumps({"format": "something else"}))
+  elif kind == "broken_meta":
+    (path / "meta.json").write_text("{not json")
+  message = re.escape(repr(str(path))) + " is neither a workdir .* nor an export folder"
+  with pytest.raises(ConfigError, match=message):
+    model_source.open_source(str(path))
+  with pytest.raises(ConfigError, match=message):
+    review.open_predictors(str(path))
+  out = tmp_path / "out"
+  with pytest.raises(ConfigError, match=message):
+    predict.run(None, str(path), domain="heart", input_path=str(tmp_path), output=str(out),
+                progress=False, log=lambda *_: None)
+  assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_predict_from_a_folder_that_is_neither_exits_2_naming_it(tmp_path):
+  proc = smoke_workdir.cli("--mode=predict", f"--workdir={tmp_path}", "--domain=heart",
+                           f"--input={tmp_path}", f"--output={tmp_path / 'out'}")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"error: {str(tmp_path)!r} is neither a workdir" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 # -- with the trained smoke model --------------------------------------------------
