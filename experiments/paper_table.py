@@ -134,7 +134,7 @@ class Run(NamedTuple):
   part: str = ""          # one task of a row trained as per-task runs (msd independent)
 
 
-def plan_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
+def list_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
               eval_every, independent_config, curve_cases=0) -> list[Run]:
   """Every run of the table, in training order (seed-major; see the docstring)."""
   from experiments import add_domain, five_domain  # pylint: disable=g-import-not-at-top
@@ -504,7 +504,7 @@ def main(argv):
     budget = FLAGS.steps or TABLE_STEPS.get(preset, 0)
     extra = (FLAGS.equal_time_steps if FLAGS.equal_time_steps >= 0
              else EQUAL_TIME_STEPS.get(preset, 0))
-    runs = plan_runs(workdir, seeds, FLAGS.settings, preset=preset, budget=budget,
+    runs = list_runs(workdir, seeds, FLAGS.settings, preset=preset, budget=budget,
                      extra=extra, new_domain=FLAGS.new_domain,
                      overrides=FLAGS.config_overrides, eval_every=FLAGS.eval_every,
                      curve_cases=FLAGS.curve_cases,

@@ -179,11 +179,11 @@ def test_similar_init_copies_the_nearest_domain(runs):
   cfg.extend.init = "similar"
   base_cfg = config_utils.load_config(runs["base"])
   from u2net_jax.train import extend  # pylint: disable=g-import-not-at-top
-  plan = extend.make_plan(cfg, config_utils.resolve_domains(cfg), base_cfg,
-                          config_utils.resolve_domains(base_cfg))
+  extension = extend.make_extension(cfg, config_utils.resolve_domains(cfg), base_cfg,
+                                    config_utils.resolve_domains(base_cfg))
   # spleen (1 channel, 2 classes) matches heart's shape; prostate has 2 channels.
-  assert plan.sources["spleen"] == "heart"
+  assert extension.sources["spleen"] == "heart"
   cfg.extend.init = "copy:prostate"
   with pytest.raises(ConfigError, match="channels"):
-    extend.make_plan(cfg, config_utils.resolve_domains(cfg), base_cfg,
-                     config_utils.resolve_domains(base_cfg))
+    extend.make_extension(cfg, config_utils.resolve_domains(cfg), base_cfg,
+                          config_utils.resolve_domains(base_cfg))

@@ -116,5 +116,5 @@ def test_bad_values_are_config_errors():
 
 def test_extensions_always_isolate_domain_updates():
   for train in ("new", "all"):
-    plan = extend.Plan(base_workdir="b", sources={}, new_domains=("spleen",), train=train)
-    assert extend.training_overrides(plan, [])["domain_updates"] == "isolated"
+    ext = extend.Extension(base_workdir="b", sources={}, new_domains=("spleen",), train=train)
+    assert extend.training_overrides(ext, [])["domain_updates"] == "isolated"

@@ -41,7 +41,7 @@ TRAIN_KINDS = ("new", "all")
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class Extension:
   """Where each domain of the new run gets its weights.
 
   Attributes:
@@ -60,7 +60,7 @@ class Plan:
 
 class Base(NamedTuple):
   """The base run as the new run starts from it."""
-  plan: Plan
+  extension: Extension
   params: dict  # {"shared": ..., "domains": {name: ...}} on the host
   step: int  # the base checkpoint's step
 
@@ -93,7 +93,7 @@ def _similar(spec, base_specs) -> str | None:
   return min(fits, key=distance).name
 
 
-def make_plan(config, specs, base_config, base_specs) -> Plan:
+def make_extension(config, specs, base_config, base_specs) -> Extension:
   """Checks that `config` can start from the base run; says where each domain comes from."""
   base_dir = config.init_from
   get = _extend_cfg(config)
@@ -157,21 +157,21 @@ def make_plan(config, specs, base_config, base_specs) -> Plan:
   if train == "new" and not new:
     raise ConfigError("extend.train='new' trains only new domains, but extend.new_domains "
                       "is empty.")
-  return Plan(base_dir, sources, new, train)
+  return Extension(base_dir, sources, new, train)
 
 
-def training_overrides(plan: Plan, specs) -> dict:
-  """train.* values that make `plan.train` happen (freeze, sample only new domains).
+def training_overrides(extension: Extension, specs) -> dict:
+  """train.* values that make `extension.train` happen (freeze, sample only new domains).
 
   An extension always isolates domain updates: a domain that is not sampled
   must not drift on optimizer momentum (optim.DOMAIN_UPDATES).
   """
-  if plan.train == "all":
+  if extension.train == "all":
     return {"domain_updates": "isolated"}
   names = [s.name for s in specs]
   return {"domain_updates": "isolated", "freeze_shared": True,
-          "frozen_domains": ",".join(n for n in names if n not in plan.new_domains),
-          "domain_weights": ",".join("1" if n in plan.new_domains else "0" for n in names)}
+          "frozen_domains": ",".join(n for n in names if n not in extension.new_domains),
+          "domain_weights": ",".join("1" if n in extension.new_domains else "0" for n in names)}
 
 
 def _by_role(tree, name: str) -> dict:
@@ -198,10 +198,10 @@ def rekey_domain(tree, src: str, dst_template, dst: str):
   return jax.tree_util.tree_map_with_path(take, dst_template)
 
 
-def init_params(plan: Plan, params: dict, base_params: dict) -> dict:
+def init_params(extension: Extension, params: dict, base_params: dict) -> dict:
   """New params: shared and mapped domains from the base, the rest as initialized."""
   domains = dict(params["domains"])
-  for n, src in plan.sources.items():
+  for n, src in extension.sources.items():
     domains[n] = rekey_domain(base_params["domains"][src], src, params["domains"][n], n)
   shared = jax.tree.map(lambda new, old: _same_shape(new, old), params["shared"],
                         base_params["shared"])
@@ -220,21 +220,21 @@ def _same_shape(new, old):
 
 def independent_config(config):
   """The same run as an independent model on the new domains only, from scratch."""
-  plan_new = config_utils.split_names(config.extend.new_domains)
+  new_names = config_utils.split_names(config.extend.new_domains)
   sub = config.copy_and_resolve_references()
   with sub.unlocked():
     sub.init_from = ""
     sub.extend.new_domains = ""
     sub.extend.compare_independent = False
     sub.model.mode = "independent"
-    sub.data.tasks = ",".join(plan_new)
+    sub.data.tasks = ",".join(new_names)
     sub.train.freeze_shared = False
     sub.train.frozen_domains = ""
     sub.train.domain_weights = ""
   return sub
 
 
-def extension_report(config, workdir, plan, base_step, summary, counts, log, *,
+def extension_report(config, workdir, extension, base_step, summary, counts, log, *,
                      train_independent: Callable[..., dict]) -> dict | None:
   """New-domain Dice, parameters added, and (optionally) an independent model's Dice.
 
@@ -243,15 +243,15 @@ def extension_report(config, workdir, plan, base_step, summary, counts, log, *,
   None when a SIGTERM stopped the independent model's run (it saved; rerun).
   """
   specs = config_utils.resolve_domains(config)
-  new = list(plan.new_domains)
+  new = list(extension.new_domains)
   one_independent = {}
   for spec in specs:
     if spec.name in new:
       one = models.build_model([spec], {**config.model.to_dict(), "mode": "independent"})
       one_independent[spec.name] = models.param_counts(one)["total"]
   report = {
-      "init_from": os.path.abspath(plan.base_workdir), "base_step": int(base_step),
-      "sources": dict(plan.sources), "trained": plan.train, "new_domains": {}}
+      "init_from": os.path.abspath(extension.base_workdir), "base_step": int(base_step),
+      "sources": dict(extension.sources), "trained": extension.train, "new_domains": {}}
   for n in new:
     added = counts["per_domain"][n]
     report["new_domains"][n] = {

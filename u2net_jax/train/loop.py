@@ -132,14 +132,14 @@ def begin(tcfg, state, restored, base: extend.Base | None, replicated, directory
       ls.loss_plateau = schedules.LossPlateau.from_dict(meta["loss_plateau"])
     log(f"resumed from {directory} step {ls.start}")
   elif base is not None:
-    plan = base.plan
-    params = extend.init_params(plan, jax.device_get(ls.state["params"]), base.params)
+    extension = base.extension
+    params = extend.init_params(extension, jax.device_get(ls.state["params"]), base.params)
     ls.state["params"] = jax.device_put(params, replicated)
-    log(f"initialized from {plan.base_workdir} (step {base.step}): " + ", ".join(
-        f"{n} ← {s}" for n, s in plan.sources.items())
-        + (f"; new: {', '.join(plan.new_domains)}" if plan.new_domains else "")
+    log(f"initialized from {extension.base_workdir} (step {base.step}): " + ", ".join(
+        f"{n} ← {s}" for n, s in extension.sources.items())
+        + (f"; new: {', '.join(extension.new_domains)}" if extension.new_domains else "")
         + ("; training only the new domains (shared and old domains frozen)"
-           if plan.train == "new" else ""))
+           if extension.train == "new" else ""))
   ls.step, ls.resumed, ls.total = ls.start, restored is not None, int(tcfg.steps)
   if ls.loss_plateau is not None and ls.loss_plateau.stopped:
     ls.total = ls.start  # stopped by the lr floor before: nothing left to train

@@ -63,15 +63,15 @@ def _enable_compilation_cache(workdir: str) -> None:
 
 
 def _load_base(config, specs) -> extend.Base:
-  """The extension plan, the base params on the host and the base step for `config.init_from`."""
+  """The extension (which base weights go where), base params and step for `config.init_from`."""
   base_dir = config.init_from
   if not os.path.isdir(base_dir):
     raise ConfigError(f"init_from={base_dir!r} is not a folder (a workdir of a trained run).")
   base_config = config_utils.load_config(base_dir)
   base_specs = config_utils.resolve_domains(base_config)
-  plan = extend.make_plan(config, specs, base_config, base_specs)
+  extension = extend.make_extension(config, specs, base_config, base_specs)
   restored = restore_params(base_config, base_dir, needs_data=False)
-  return extend.Base(plan, jax.device_get(restored.params), restored.step)
+  return extend.Base(extension, jax.device_get(restored.params), restored.step)
 
 
 def _with_overrides(config, train_overrides: dict):
@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   base = None
   if config.get("init_from", ""):
     base = _load_base(config, specs)
-    config = _with_overrides(config, extend.training_overrides(base.plan, specs))
+    config = _with_overrides(config, extend.training_overrides(base.extension, specs))
   _enable_compilation_cache(workdir)
   tcfg = config.train
 
@@ -199,7 +199,7 @@ def _final_evaluation(run: Run, ls: LoopState, base: extend.Base | None) -> dict
   if base is not None:
     # Recursion: the independent comparison model trains through this same function.
     summary["extension"] = extension_report(
-        run.config, run.workdir, base.plan, base.step, summary, run.counts, run.log,
+        run.config, run.workdir, base.extension, base.step, summary, run.counts, run.log,
         train_independent=train_and_evaluate)
     if summary["extension"] is None:  # SIGTERM in the independent comparison run
       run.logger.close()
