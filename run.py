@@ -76,6 +76,7 @@ def main(argv):
     # --verbosity=0 brings the libraries' INFO logs back.
     logging_utils.quiet_library_logs()
   # Imported here so `--help` stays fast.
+  from u2net_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils, param_table  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
   from u2net_jax.infer import export, model_source, predict  # pylint: disable=g-import-not-at-top
@@ -92,6 +93,8 @@ def main(argv):
     else:
       config, path, preset = _config_and_preset()
       workdir = FLAGS.workdir or config_utils.default_workdir(path, preset)
+    if config is not None:
+      config = config_lib.parse(config)  # typed and frozen from here on (u2net_jax/config.py)
     if FLAGS.mode == "params":
       param_table.run(config, workdir)
     elif FLAGS.mode == "train":

@@ -15,6 +15,8 @@ Examples:
 
 import ml_collections
 
+from u2net_jax import config as config_lib
+
 FIVE_DOMAINS = "heart,liver,hippocampus,prostate,pancreas"
 
 
@@ -60,105 +62,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Returns the config for `preset` ('' = default, 'msd' or 'smoke')."""
   if preset not in ("", "default", "msd", "smoke"):
     raise ValueError(f"Unknown preset {preset!r}; use '', 'msd' or 'smoke'.")
-  c = ml_collections.ConfigDict()
+  # Every key and its default: u2net_jax/config.py (the default preset is its
+  # defaults; the comments there say how each default was chosen).
+  c = config_lib.defaults()
   c.preset = preset or "default"
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"          # 'synthetic' or 'msd'
-  c.data.tasks = FIVE_DOMAINS          # comma-separated domain names
-  c.data.data_dir = "data/tfds"        # TFDS data_dir (built on first use)
-  c.data.manual_dir = ""               # MSD root holding TaskXX_Name folders
-  c.data.fold = 0                      # of a seeded 5-fold split
-  c.data.num_shards = 0                # data shards (0 = one per process)
-  c.data.patch_size = (32, 32, 32)     # voxels (D, H, W)
-  c.data.source_patch = ""             # 'domain:DxHxW,..': cut there, resized to patch_size
-  c.data.normalization = "nnunet"      # msd data: 'nnunet' or 'official' (preprocess.py)
-  c.data.synthetic = ml_collections.ConfigDict()
-  c.data.synthetic.shape = ()          # () = each domain's default volume size
-  c.data.synthetic.num_train = 0       # 0 = default (24)
-  c.data.synthetic.num_validation = 0  # 0 = default (8)
-  c.data.synthetic.base_seed = 0
-
-  c.model = ml_collections.ConfigDict()
-  # separable | independent | shared | series_adapter | parallel_adapter
-  c.model.mode = "separable"
-  c.model.downsample = "separable"     # 'dense' = the official code's stride-2 convs
-  c.model.features_root = 8            # F0; level l has F0·2^l features
-  c.model.num_levels = 4
-  # () = isotropic stride 2 at every level; (p_D, p_H, p_W) = the official
-  # `nums_pool_per_axis` (anisotropic; num_levels = max + 1; dense downsampling).
-  c.model.pool_per_axis = ()
-  c.model.deep_supervision = True
-  c.model.depthwise_impl = "auto"      # auto|lax|shift|fused
-  c.model.dense_impl = "auto"          # auto|lax|shift (dense k³ convs; auto = shift on CPU)
-  c.model.compute_dtype = "float32"    # or bfloat16 (float32 master weights)
-
-  c.train = ml_collections.ConfigDict()
-  # 1,400 steps with 'official' domain updates and Adam 2e-2: mean Dice
-  # 0.865 where the previous default (isolated, 1e-2) needed 3,000 steps for
-  # ~0.9 (README "Choosing the update rule": 1,400-step runs of each candidate).
-  c.train.steps = 1400
-  c.train.batch_size = 2               # global, one domain per step
-  c.train.num_devices = 0              # 0 = every device of every process
-  # Adam 2e-2 with poly decay (1,400 steps, official updates: 0.865 vs
-  # 0.842 at 1e-2; README "Choosing the update rule").
-  c.train.lr = 2e-2                    # shared weights
-  c.train.lr_domain = 0.0              # per-domain weights (0 = same as lr)
-  c.train.weight_decay = 5e-5
-  c.train.weight_decay_domain = -1.0   # < 0: same as weight_decay
-  c.train.weight_decay_mode = "adamw"  # or 'l2' (torch Adam, the official code)
-  # How idle domains are updated (u2net_jax/optim.py): 'isolated' (bit-identical)
-  # or 'official' (one Adam over all weights, as the official PyTorch code).
-  # official: 300-step mean Dice 0.544 vs 0.259 isolated (README).
-  c.train.domain_updates = "official"
-  # Scale-aware kernel updates: none | param_rms | trust_ratio (optim.py).
-  # none: at 1,400 steps param_rms (lr 0.3, isolated) reached 0.775 against
-  # 0.842 for official + plain Adam 1e-2 (README).
-  c.train.update_scaling = "none"
-  c.train.schedule = "poly"            # constant | poly | plateau | loss_plateau (official)
-  # plateau: halve on no validation gain at an evaluation. loss_plateau: the
-  # official rule (u2net_jax/schedules.py): halve when the mean of the last
-  # `window` epoch losses improves < min_delta; stop below min_lr.
-  c.train.plateau_epoch_steps = 300
-  c.train.plateau_window = 20
-  c.train.plateau_min_delta = 1e-4
-  c.train.plateau_min_lr = 1e-8
-  c.train.warmup_steps = 50
-  c.train.grad_clip = 5.0
-  c.train.grad_accum = 1
-  c.train.loss = "dice_ce"             # msd: the official code's Lovász-Softmax + focal
-  c.train.lovasz_classes = "present"   # lovasz*: 'present' or 'all' (official)
-  c.train.focal_detach = False         # focal*: no gradient through (1-p)^γ (official)
-  c.train.fg_fraction = 0.5            # patches centred on foreground (nnU-Net: 1/3)
-  # 'official': the official code's batch rule and placement (data/pipeline.py):
-  # the first ceil(B/3)+1 samples hold foreground (smallest class with
-  # small_class_prob), the rest smallest/foreground/random; fg anywhere in the patch.
-  c.train.sampling = "nnunet"
-  c.train.small_class_prob = 0.3
-  c.train.fore_prob = 0.3
-  c.train.small_classes = ""           # 'domain:class,...'; default the highest class id
-  c.train.domain_weights = ""          # '' = round-robin; else e.g. '1,1,2,1,1'
-  c.train.freeze_shared = False
-  c.train.frozen_domains = ""
-  c.train.nan_policy = "stop"          # or 'skip'
-  c.train.log_every = 50
-  c.train.eval_every = 0               # 0 = only at the end
-  c.train.checkpoint_every = 250
-  c.train.max_to_keep = 2
-  c.train.data_threads = 2
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.overlap = 0.5
-  c.eval.mirror = False
-  # Window blend: gaussian (nnU-Net) | official (u2net_jax/infer/sliding_window.py).
-  c.eval.blend = "gaussian"
-  c.eval.postprocess = "none"          # none | official (closing + largest 1-2 components)
-  c.eval.window_batch = 4
-  c.eval.max_cases = 0                 # 0 = all validation cases
-  c.eval.during_training_max_cases = 0  # evaluations every eval_every steps (0 = max_cases)
-  c.eval.surface_tolerance_mm = 2.0
-  c.eval.dice_grid = "preprocessed"    # metrics grid: preprocessed | original (MSD source files)
 
   # Off for the short synthetic run (it learns faster without); on for msd.
   # The official code's transforms are options (u2net_jax/data/augment.py; the
@@ -169,13 +76,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       scale_mode="uniform", p_elastic=0.0, elastic_mode="fixed",
       elastic_alpha_range=(0.0, 750.0), elastic_sigma_range=(10.0, 13.0), image_order=1,
       p_gamma=0.3, p_brightness=0.15, p_contrast=0.15, p_noise=0.1))
-
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.enabled = False        # jax.distributed.initialize() (auto on Cloud TPU)
-  c.distributed.coordinator_address = ""
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
-  c.distributed.cpu_collectives = ""   # 'gloo' for multi-process CPU runs
 
   if preset == "msd":
     c.data.source = "msd"

@@ -137,6 +137,7 @@ class Run(NamedTuple):
 def list_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, overrides,
               eval_every, independent_config, curve_cases=0) -> list[Run]:
   """Every run of the table, in training order (seed-major; see the docstring)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import add_domain, five_domain  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
   runs = []
@@ -168,7 +169,9 @@ def list_runs(workdir, seeds, settings, *, preset, budget, extra, new_domain, ov
         cfg.extend.compare_independent = False
         added = add(f"separable_add_{new}", cfg, "added", needs=base)
         if compare:
-          add(f"independent_{new}", independent_config(cfg), "independent",
+          # (a ConfigDict again: `add` sets the seed and evaluation on it)
+          sub = ml_collections.ConfigDict(independent_config(cfg).to_dict())
+          add(f"independent_{new}", sub, "independent",
               rel=os.path.join(added.rel, f"independent_{new}"))
     for mode in SETTINGS:
       if mode == "independent" and mode in settings and preset == "msd":

@@ -44,7 +44,7 @@ def setting_config(module, preset: str, mode: str, steps: int, overrides) -> obj
     if not sep:
       from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(f"--config_overrides item {item!r} is not key.path=value.")
-    if key.strip().startswith("extend.") and "extend" not in c:
-      continue  # the new domain's options (add_domain.py); the settings have none
+    if key.strip().startswith("extend.") and not c.extend.new_domains:
+      continue  # the new domain's options (add_domain.py); the settings add no domain
     set_dotted(c, key.strip(), value.strip())
   return c

@@ -267,15 +267,14 @@ def test_lovasz_over_all_classes_charges_an_absent_class_its_largest_probability
 
 
 def test_loss_options_come_from_the_train_config_and_are_checked():
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  from u2net_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  t = ml_collections.ConfigDict({"loss": "lovasz_focal", "lovasz_classes": "all",
-                                 "focal_detach": True})
+  train = lambda **kw: config_lib.parse({"train": kw}).train
+  t = train(loss="lovasz_focal", lovasz_classes="all", focal_detach=True)
   assert config_utils.loss_options(t) == {"classes": "all", "detach_modulator": True}
-  assert config_utils.loss_options(ml_collections.ConfigDict({"loss": "dice_ce"})) == {}
+  assert config_utils.loss_options(train(loss="dice_ce")) == {}
   with pytest.raises(ConfigError, match="lovasz_classes 'some'"):
-    config_utils.loss_options(
-        ml_collections.ConfigDict({"loss": "lovasz", "lovasz_classes": "some"}))
+    train(loss="lovasz", lovasz_classes="some")
   with pytest.raises(ConfigError, match="train.loss 'hinge'"):
-    config_utils.loss_options(ml_collections.ConfigDict({"loss": "hinge"}))
+    train(loss="hinge")

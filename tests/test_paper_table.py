@@ -26,7 +26,9 @@ def test_paper_table_smoke_writes_a_well_formed_table(tmp_path, tmp_path_factory
          f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}",
          f"--config_overrides=data.data_dir={smoke_workdir.data_dir(tmp_path_factory)},"
          "eval.max_cases=1"]
-  proc = smoke_workdir.run(cmd, timeout=900)
+  # One device, as the session's trained smoke run (smoke_workdir.trained) and
+  # tests/test_extend.py: the same train and evaluation programs, compiled once.
+  proc = smoke_workdir.run(cmd, env={"JAX_NUM_CPU_DEVICES": "1"}, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((results / "paper_table.json").read_text())
   assert table["seeds"] == [0] and table["incomplete_runs"] == []
@@ -180,8 +182,8 @@ def test_config_overrides_set_new_options_and_reject_unknown_keys():
   assert c.data.synthetic.shape == (8, 8, 8) and c.model.deep_supervision is False
   assert c.train.lr == 0.5 and c.model.mode == "shared"
   # extend.* reaches the new domain's config only.
-  assert "extend" not in paper_table.setting_config(five_domain, "smoke", "shared", 0,
-                                                    ["extend.init=similar"])
+  assert paper_table.setting_config(five_domain, "smoke", "shared", 0,
+                                    ["extend.init=similar"]).extend.init == "scratch"
   c = paper_table.setting_config(add_domain, "smoke", "separable", 0, ["extend.init=similar"])
   assert c.extend.init == "similar"
   for item, named in (("train.no_such_key=1", "train.no_such_key"),

@@ -13,12 +13,13 @@ tests/test_layout.py, which also finds no import cycle between modules):
            state, inputs, evaluation, summary, restore; checkpoints, losses,
            optimizers, schedules, extension by a new domain
            (infer/ and train/ may use each other's modules, never in a cycle)
-  config_utils   reads and checks configs (uses data, model, infer constants)
+  config_utils   the config's domains and the checks that need data/model
   data/    NIfTI, preprocessing and its plans, the official resize, datasets,
            the input pipeline, augmentation        → core only
   model/   layers, dense/depthwise convolutions, the U²-Net, one-domain views
                                                     → core only
-  core     errors, io (atomic writes), domains (DomainSpec), options (named
+  core     errors, io (atomic writes), domains (DomainSpec), config (typed,
+           frozen configs: every key's type and default), options (named
            config choices), metrics, logging_utils → nothing of u2net_jax
 
 Loading an export (`infer/exported.py`), and telling one from a workdir

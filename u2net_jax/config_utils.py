@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
 
+from u2net_jax import config as config_lib
+from u2net_jax import io
 from u2net_jax import domains as domains_lib
 from u2net_jax import options
-from u2net_jax.data import pipeline, preprocess, rescale
+from u2net_jax.data import rescale
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError
-from u2net_jax.infer import sliding_window
-from u2net_jax.model import layers, models
+from u2net_jax.model import models
 
-SOURCES = ("synthetic", "msd")
+SOURCES = options.SOURCES
 
 
 def split_names(value) -> list[str]:
@@ -27,7 +27,7 @@ def split_names(value) -> list[str]:
 
 def domain_weights(config, specs) -> list[float] | None:
   """`train.domain_weights` ('' = round-robin, else one weight per domain)."""
-  w = config.train.get("domain_weights", "")
+  w = config.train.domain_weights
   if not w:
     return None
   try:
@@ -99,100 +99,43 @@ def resolve_domains(config) -> tuple[DomainSpec, ...]:
   return tuple(specs)
 
 
-LOVASZ_CLASSES = ("present", "all")
-SCHEDULES = ("constant", "poly", "plateau", "loss_plateau")
-EVAL_POSTPROCESS = ("none", "official")
-EVAL_DICE_GRIDS = ("preprocessed", "original")  # evaluate.evaluate_domain
-
-
 def loss_options(tcfg) -> dict:
-  """`losses.segmentation_loss` options of `train.loss` from the train config.
+  """`losses.segmentation_loss` options of `train.loss` from the (typed) train config.
 
   train.lovasz_classes: 'present' (classes in the batch's labels) or 'all'
   (the official code: `lovasz_softmax(..., only_present=False)`);
   train.focal_detach: no gradient through focal's (1-p)^γ (the official code).
   """
-  kind = tcfg.get("loss", "dice_ce")
-  if kind not in options.LOSS_KINDS:
-    raise ConfigError(f"train.loss {kind!r} is not one of {options.LOSS_KINDS}.")
   out = {}
-  if kind in ("lovasz", "lovasz_focal"):
-    classes = str(tcfg.get("lovasz_classes", "present"))
-    if classes not in LOVASZ_CLASSES:
-      raise ConfigError(f"train.lovasz_classes {classes!r} is not one of {LOVASZ_CLASSES}.")
-    out["classes"] = classes
-  if kind in ("focal", "lovasz_focal"):
-    out["detach_modulator"] = bool(tcfg.get("focal_detach", False))
+  if tcfg.loss in ("lovasz", "lovasz_focal"):
+    out["classes"] = tcfg.lovasz_classes
+  if tcfg.loss in ("focal", "lovasz_focal"):
+    out["detach_modulator"] = tcfg.focal_detach
   return out
 
 
 def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   """Checks the config before any work; returns its domains.
 
-  `needs_data`: the mode reads data, so an MSD config must name its folder.
+  Keys, types and named choices are checked by `config.parse` (u2net_jax/config.py);
+  here what needs the domains or the model. `needs_data`: the mode reads
+  data, so an MSD config must name its folder.
   """
-  m = config.model
-  layers.check_mode(m.mode, m.downsample)
-  if int(m.num_levels) < 1 or int(m.features_root) < 1:
-    raise ConfigError(
-        f"model.num_levels ({m.num_levels}) and model.features_root ({m.features_root}) "
-        "must be ≥ 1.")
-  if models.parse_pools(m.get("pool_per_axis", ())) and m.mode == "separable" and (
-      m.downsample == "separable"):
-    raise ConfigError("model.pool_per_axis (anisotropic pooling) needs "
-                      "model.downsample='dense' in separable mode.")
-  if m.compute_dtype not in ("float32", "bfloat16"):
-    raise ConfigError(f"model.compute_dtype {m.compute_dtype!r} is not float32 or bfloat16.")
-  tcfg = config.get("train", None)
-  if tcfg is not None:
-    if tcfg.get("domain_updates", "isolated") not in options.DOMAIN_UPDATES:
-      raise ConfigError(f"train.domain_updates {tcfg.domain_updates!r} is not one of "
-                        f"{options.DOMAIN_UPDATES}.")
-    if tcfg.get("update_scaling", "none") not in options.UPDATE_SCALINGS:
-      raise ConfigError(f"train.update_scaling {tcfg.update_scaling!r} is not one of "
-                        f"{options.UPDATE_SCALINGS}.")
-    if tcfg.get("schedule", "poly") not in SCHEDULES:
-      raise ConfigError(f"train.schedule {tcfg.schedule!r} is not one of {SCHEDULES}.")
-    loss_options(tcfg)
-    if tcfg.get("sampling", "nnunet") not in pipeline.SAMPLINGS:
-      raise ConfigError(f"train.sampling {tcfg.sampling!r} is not one of {pipeline.SAMPLINGS}.")
-  ev = config.get("eval", None)
-  if ev is not None and ev.get("blend", "gaussian") not in sliding_window.BLENDS:
-    raise ConfigError(f"eval.blend {ev.blend!r} is not one of {sliding_window.BLENDS}.")
-  if ev is not None and ev.get("postprocess", "none") not in EVAL_POSTPROCESS:
-    raise ConfigError(f"eval.postprocess {ev.postprocess!r} is not one of {EVAL_POSTPROCESS}.")
-  if ev is not None and ev.get("dice_grid", "preprocessed") not in EVAL_DICE_GRIDS:
-    raise ConfigError(f"eval.dice_grid {ev.dice_grid!r} is not one of {EVAL_DICE_GRIDS}.")
-  if ev is not None and ev.get("dice_grid", "preprocessed") == "original" and (
-      config.data.source != "msd"):
-    # The original grid's reference is the source label file (data/reference.py).
-    raise ConfigError(f"eval.dice_grid='original' needs MSD data (data.source='msd', got "
-                      f"{config.data.source!r}): synthetic volumes have no source files; "
-                      "use eval.dice_grid='preprocessed'.")
-  norm = config.data.get("normalization", "nnunet")
-  if norm not in preprocess.SCHEMES:
-    raise ConfigError(f"data.normalization {norm!r} is not one of {preprocess.SCHEMES}.")
-  rescale.source_patches(config)  # data.source_patch: 'domain:DxHxW,...'
-  specs = resolve_domains(config)
-  ext = config.get("extend", None)
-  if ext is not None and split_names(ext.get("new_domains", "")) and not config.get(
-      "init_from", ""):
-    raise ConfigError(
-        f"extend.new_domains={ext.new_domains!r} adds domains to a trained run: pass "
-        "--config.init_from=<workdir of that run> (e.g. runs/five_domain).")
-  if needs_data and config.data.source == "msd":
-    manual = config.data.get("manual_dir", "")
-    if not manual:
+  cfg = config_lib.parse(config)
+  rescale.source_patches(cfg)  # data.source_patch: 'domain:DxHxW,...'
+  specs = resolve_domains(cfg)
+  if needs_data and cfg.data.source == "msd":
+    if not cfg.data.manual_dir:
       raise ConfigError(
           "The msd preset reads MSD data: pass --config.data.manual_dir=/path/to/MSD "
           "(the folder holding Task02_Heart, Task03_Liver, ...).")
-    if not os.path.isdir(manual):
-      raise ConfigError(f"config.data.manual_dir {manual!r} is not a folder.")
-  divisor = models.pool_divisor(
-      models.level_strides(int(m.num_levels), models.parse_pools(m.get("pool_per_axis", ()))))
-  patch = patch_size(config)
+    if not os.path.isdir(cfg.data.manual_dir):
+      raise ConfigError(f"config.data.manual_dir {cfg.data.manual_dir!r} is not a folder.")
+  m = cfg.model
+  divisor = models.pool_divisor(models.level_strides(m.num_levels, m.pool_per_axis))
+  patch = cfg.data.patch_size
   if any(p % d for p, d in zip(patch, divisor)):
-    pools = tuple(m.get("pool_per_axis", ())) or "isotropic"
+    pools = m.pool_per_axis or "isotropic"
     shown = divisor[0] if len(set(divisor)) == 1 else divisor
     raise ConfigError(
         f"config.data.patch_size {patch} is not divisible by {shown} (the pooling of "
@@ -211,22 +154,24 @@ def default_workdir(config_path: str, preset: str) -> str:
 
 
 def save_config(config, workdir: str) -> str:
-  """Writes the resolved config as `<workdir>/config.json`; returns the path."""
+  """Writes the resolved config (typed, with every default) as `<workdir>/config.json`."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  io.write_json(path, config_lib.parse(config).to_dict(), sort_keys=True)
   return path
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: str) -> config_lib.Config:
+  """`<workdir>/config.json` as a typed `Config` (keys it lacks take today's defaults)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ConfigError(f"{path} does not exist: is {workdir!r} a workdir of this project?")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      values = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path} is not a readable config: {e}") from None
+  try:
+    return config_lib.parse(values)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None

@@ -6,10 +6,12 @@ paper-scale independent models cost nothing) and reads no data.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from flax import nnx
 
+from u2net_jax import config as config_lib
 from u2net_jax import config_utils, io
 from u2net_jax.model import models
 
@@ -17,9 +19,9 @@ from u2net_jax.model import models
 def count(config, mode: str | None = None) -> dict:
   """`models.param_counts` of the config's model (optionally in another mode)."""
   specs = config_utils.validate(config)
-  model_cfg = config.model.to_dict()
+  model_cfg = config_lib.model_config(config.model)
   if mode is not None:
-    model_cfg["mode"] = mode
+    model_cfg = dataclasses.replace(model_cfg, mode=mode)
   model = nnx.eval_shape(lambda: models.build_model(specs, model_cfg))
   return models.param_counts(model)
 

@@ -19,11 +19,11 @@ from u2net_jax.errors import ConfigError, DataError
 
 def _synthetic_config(config, domain: str):
   from tfds_builders.synthetic_organs import synthetic_organs  # pylint: disable=g-import-not-at-top
-  syn = config.data.get("synthetic", None)
-  shape = tuple(syn.shape) if syn is not None and syn.get("shape") else None
-  n_tr = (syn.get("num_train") or None) if syn is not None else None
-  n_va = (syn.get("num_validation") or None) if syn is not None else None
-  seed = int(syn.get("base_seed", 0)) if syn is not None else 0
+  syn = config.data.synthetic
+  shape = tuple(syn.shape) or None
+  n_tr = syn.num_train or None
+  n_va = syn.num_validation or None
+  seed = syn.base_seed
   if shape is None and n_tr is None and n_va is None and seed == 0:
     from tfds_builders import registry  # pylint: disable=g-import-not-at-top
     return registry.resolve_config("synthetic_organs", domain)
@@ -35,8 +35,7 @@ def _synthetic_config(config, domain: str):
 
 def _msd_config(config, domain: str):
   from tfds_builders.msd import msd  # pylint: disable=g-import-not-at-top
-  return msd.task_config(domain, fold=int(config.data.fold),
-                         normalization=str(config.data.get("normalization", "nnunet")))
+  return msd.task_config(domain, fold=config.data.fold, normalization=config.data.normalization)
 
 
 def builder_config(config, domain: str):
@@ -51,7 +50,7 @@ def builder_config(config, domain: str):
 def ensure_built(config, domains: Sequence[DomainSpec], *, log=print) -> dict[str, str]:
   """{domain name: dataset dir}, building missing datasets first."""
   from tfds_builders import registry  # pylint: disable=g-import-not-at-top
-  manual_dir = config.data.get("manual_dir", "") or None
+  manual_dir = config.data.manual_dir or None
   if config.data.source == "msd" and not manual_dir:
     raise ConfigError(
         "The msd preset reads MSD data: pass --config.data.manual_dir=/path/to/MSD "

@@ -36,13 +36,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from u2net_jax import options
 from u2net_jax.data import augment, rescale
 from u2net_jax.domains import DomainSpec
 from u2net_jax.errors import ConfigError, DataError
 
 # Foreground coordinates kept per class and case (random subset).
 _MAX_FG_COORDS = 20000
-SAMPLINGS = ("nnunet", "official")
+SAMPLINGS = options.SAMPLINGS
 # Official sampling: augmented tries before falling back to a plain crop
 # (cc_augment.py L137: `if n < 10 and modified_coords`).
 _OFFICIAL_TRIES = 10

@@ -43,11 +43,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from u2net_jax import options
 from u2net_jax.errors import InputError
 
 SPACING_ATOL = 1e-3  # mm; spacings closer than this count as equal.
 NONZERO_FRACTION = 0.75  # MRI: use the non-zero mask below this fraction.
-SCHEMES = ("nnunet", "official")
+SCHEMES = options.NORMALIZATIONS
 _EPS = 1e-8
 
 

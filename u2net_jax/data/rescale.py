@@ -73,7 +73,7 @@ def parse_source_patch(text) -> dict[str, Shape]:
 
 def source_patches(config) -> dict[str, Shape]:
   """`config.data.source_patch` parsed (entries of domains not trained are ignored by users)."""
-  return parse_source_patch(config.data.get("source_patch", ""))
+  return parse_source_patch(config.data.source_patch)
 
 
 def source_patch_of(table: dict, name: str, patch) -> Shape | None:

@@ -43,9 +43,8 @@ def predict_volume(predict_fn, image: np.ndarray, spec: DomainSpec, patch, eval_
   """
   labels, _ = volume.predict_labels(
       image, predict_fn, patch, spec.num_classes, source_patch=source_patch,
-      overlap=float(eval_cfg.overlap),
-      batch_size=int(eval_cfg.window_batch), mirror=bool(eval_cfg.mirror), channels=channels,
-      blend=str(eval_cfg.get("blend", "gaussian")), progress=progress)
+      overlap=eval_cfg.overlap, batch_size=eval_cfg.window_batch, mirror=eval_cfg.mirror,
+      channels=channels, blend=eval_cfg.blend, progress=progress)
   return labels
 
 
@@ -102,11 +101,11 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
   names = spec.class_names[1:]
   k = spec.num_classes
   dices, hds, sds, per_case = [], [], [], []
-  tol = float(eval_cfg.get("surface_tolerance_mm", 2.0))
+  tol = eval_cfg.surface_tolerance_mm
   for ex in examples:
     pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels,
                           source_patch=source_patch)
-    if eval_cfg.get("postprocess", "none") == "official":
+    if eval_cfg.postprocess == "official":
       pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
     if reference is None:
       label = np.asarray(ex["label"])

@@ -15,6 +15,7 @@ import uuid
 
 import numpy as np
 
+from u2net_jax import config as config_lib
 from u2net_jax.data.plans import DomainPlan
 from u2net_jax.infer import predict
 from u2net_jax.infer.exported import (FORMAT, FORMAT_VERSION, META_FILE, PLATFORMS,
@@ -86,9 +87,9 @@ def export_domain(config, workdir: str, spec, plan: DomainPlan, params, step: in
                   "layout": "(batch, D, H, W, channel), preprocessed intensities"},
         "output": {"shape": ["b", *plan.patch_size, plan.num_classes], "dtype": "float32",
                    "layout": "(batch, D, H, W, class) softmax probabilities"},
-        "inference": {"overlap": float(ev.overlap), "window_batch": int(ev.window_batch),
-                      "mirror": bool(ev.mirror), "gaussian_sigma": "patch / 8",
-                      "blend": str(ev.get("blend", "gaussian")),
+        "inference": {"overlap": ev.overlap, "window_batch": ev.window_batch,
+                      "mirror": ev.mirror, "gaussian_sigma": "patch / 8",
+                      "blend": ev.blend,
                       # The official resize: pad to >= source_patch, resize by
                       # patch_size / source_patch, windows, labels back (nearest).
                       "source_patch": list(source_patch) if source_patch else None},
@@ -98,7 +99,7 @@ def export_domain(config, workdir: str, spec, plan: DomainPlan, params, step: in
             "classes": decision},
         "platforms": files, "platform_errors": errors, "weights": WEIGHTS_FILE,
         "num_weights": int(sum(v.size for v in weights.values())),
-        "model": {k: config.model.get(k) for k in ("mode", "features_root", "num_levels",
+        "model": {k: getattr(config.model, k) for k in ("mode", "features_root", "num_levels",
                                                    "downsample", "compute_dtype",
                                                    "pool_per_axis")},
         "source": {"workdir": os.path.abspath(workdir), "step": int(step)},
@@ -125,6 +126,7 @@ def run(config, workdir: str, *, domain: str = "", postprocess_mode: str = "auto
   from u2net_jax import config_utils, domains  # pylint: disable=g-import-not-at-top
   from u2net_jax.data import plans  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
+  config = config_lib.parse(config)
   specs = config_utils.resolve_domains(config)
   chosen = [domains.lookup(specs, domain)] if domain else list(specs)
   plan_of = plans.load(workdir, config, chosen, log=log)

@@ -144,8 +144,8 @@ def from_params(config, spec, plan: DomainPlan, params, step: int, source: str =
   apply = jax.jit(domain_model.make_apply(spec, config.model))
   ev = config.eval
   return Predictor(plan=plan, fn=lambda x: np.asarray(apply(weights, x)),
-                   overlap=float(ev.overlap), window_batch=int(ev.window_batch),
-                   mirror=bool(ev.mirror), blend=str(ev.get("blend", "gaussian")),
+                   overlap=ev.overlap, window_batch=ev.window_batch,
+                   mirror=ev.mirror, blend=ev.blend,
                    source_patch=config_utils.source_patch_for(config, spec.name),
                    step=int(step), source=source)
 

@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from u2net_jax import options
 from u2net_jax.errors import InputError
 
 PredictFn = Callable[[np.ndarray], np.ndarray]  # (B, P0, P1, P2, C) -> (B, P0, P1, P2, K)
@@ -67,7 +68,7 @@ def linear_weights(patch) -> np.ndarray:
   return (1 - (d - d.min()) / span + 1e-20).astype(np.float32)
 
 
-BLENDS = ("gaussian", "official")
+BLENDS = options.BLENDS
 _LOG_FLOOR = 1e-37  # float32 probabilities that underflowed to 0
 
 

@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from u2net_jax import options
 from u2net_jax.errors import ConfigError, InputError
 from u2net_jax.model.depthwise import same_padding
 
-IMPLS = ("auto", "lax", "shift")
+IMPLS = options.DENSE_IMPLS
 
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from u2net_jax import options
 from u2net_jax.errors import ConfigError, InputError
 
-IMPLS = ("auto", "lax", "shift", "fused")
+IMPLS = options.DEPTHWISE_IMPLS
 
 # Output depth planes per block in the 'fused' backward loops (measured: 4).
 _BLOCK = 4

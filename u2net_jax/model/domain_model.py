@@ -12,12 +12,14 @@ probabilities (B, P0, P1, P2, K) float32.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from u2net_jax import config as config_lib
 from u2net_jax.domains import DomainSpec
 from u2net_jax.model import dense, depthwise, layers, models
 
@@ -27,8 +29,7 @@ def _key(path) -> str:
 
 
 def _single_model(spec: DomainSpec, model_cfg, impls: dict | None = None) -> models.U2Net:
-  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-  cfg.update(impls or {})
+  cfg = dataclasses.replace(config_lib.model_config(model_cfg), **(impls or {}))
   # Shapes only: the values come from the checkpoint.
   return nnx.eval_shape(lambda: models.build_model([spec], cfg, seed=0))
 

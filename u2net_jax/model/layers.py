@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from u2net_jax import options
 from u2net_jax.errors import ConfigError
 from u2net_jax.model import dense, depthwise
 
@@ -36,8 +37,8 @@ class DomainParam(nnx.Param):
 # Shared weights: every Param that is not a DomainParam.
 SHARED = nnx.All(nnx.Param, nnx.Not(DomainParam))
 
-MODES = ("separable", "independent", "shared", "series_adapter", "parallel_adapter")
-DOWNSAMPLES = ("separable", "dense")
+MODES = options.MODES
+DOWNSAMPLES = options.DOWNSAMPLES
 
 Init = Callable[[jax.Array, tuple], jax.Array]
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from u2net_jax import config as config_lib
 from u2net_jax.domains import DomainSpec, check_unique
 from u2net_jax.errors import ConfigError, InputError
 from u2net_jax.model import layers
@@ -228,19 +229,13 @@ class U2Net(nnx.Module):
 
 
 def build_model(domains: Sequence[DomainSpec], model_cfg, *, seed: int = 0) -> U2Net:
-  """Builds a U2Net from a `config.model` ConfigDict (or any mapping)."""
-  get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: getattr(model_cfg, k, d))
+  """Builds a U2Net from `config.model` (a `config.ModelConfig`, ConfigDict or mapping)."""
+  m = config_lib.model_config(model_cfg)
   return U2Net(
-      domains,
-      features_root=int(get("features_root", 16)),
-      num_levels=int(get("num_levels", 4)),
-      mode=get("mode", "separable"),
-      downsample=get("downsample", "separable"),
-      deep_supervision=bool(get("deep_supervision", True)),
-      depthwise_impl=get("depthwise_impl", "auto"),
-      dense_impl=get("dense_impl", "auto"),
-      compute_dtype=jnp.dtype(get("compute_dtype", "float32")),
-      pool_per_axis=parse_pools(get("pool_per_axis", ())),
+      domains, features_root=m.features_root, num_levels=m.num_levels, mode=m.mode,
+      downsample=m.downsample, deep_supervision=m.deep_supervision,
+      depthwise_impl=m.depthwise_impl, dense_impl=m.dense_impl,
+      compute_dtype=jnp.dtype(m.compute_dtype), pool_per_axis=m.pool_per_axis,
       rngs=nnx.Rngs(seed))
 
 

@@ -33,9 +33,9 @@ def run_evaluation(parts, params, specs, val_examples, config, patch, channels, 
   along the way use `eval.during_training_max_cases` when > 0: cheaper curves)."""
   predict_for = make_predict_fn(parts, jax.local_devices()[0])
   out = {}
-  max_cases = int(config.eval.get("max_cases", 0))
-  if during_training and int(config.eval.get("during_training_max_cases", 0)):
-    max_cases = int(config.eval.during_training_max_cases)
+  max_cases = config.eval.max_cases
+  if during_training and config.eval.during_training_max_cases:
+    max_cases = config.eval.during_training_max_cases
   for i, spec in enumerate(specs):
     examples = val_examples[spec.name]
     if max_cases:
@@ -43,7 +43,7 @@ def run_evaluation(parts, params, specs, val_examples, config, patch, channels, 
     t0 = time.time()
     # eval.dice_grid=original: score against the source NIfTI label (official).
     ref = (reference.msd_reference(config.data.manual_dir, spec.name)
-           if config.eval.get("dice_grid", "preprocessed") == "original" else None)
+           if config.eval.dice_grid == "original" else None)
     res = evaluate.evaluate_domain(predict_for(params, i), examples, spec, patch, config.eval,
                                    channels=channels,
                                    source_patch=config_utils.source_patch_for(config, spec.name),

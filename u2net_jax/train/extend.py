@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from jax.tree_util import DictKey
 
+from u2net_jax import config as config_lib
 from u2net_jax import config_utils
 from u2net_jax.errors import CheckpointError, ConfigError
 from u2net_jax.model import models
@@ -65,12 +66,6 @@ class Base(NamedTuple):
   step: int  # the base checkpoint's step
 
 
-def _extend_cfg(config):
-  ext = config.get("extend", None)
-  get = (lambda k, d: ext.get(k, d)) if ext is not None else (lambda k, d: d)
-  return get
-
-
 def _rename_map(value) -> dict:
   out = {}
   for item in config_utils.split_names(value):
@@ -96,24 +91,20 @@ def _similar(spec, base_specs) -> str | None:
 def make_extension(config, specs, base_config, base_specs) -> Extension:
   """Checks that `config` can start from the base run; says where each domain comes from."""
   base_dir = config.init_from
-  get = _extend_cfg(config)
+  ext = config.extend
   arch_keys = ("mode", "features_root", "num_levels", "downsample", "deep_supervision",
                "pool_per_axis")
-  def arch(model_cfg, k):  # pool_per_axis: () = absent; a list once read back from JSON
-    v = model_cfg.get(k)
-    return str(models.parse_pools(v or ())) if k == "pool_per_axis" else str(v)
-
-  diff = [k for k in arch_keys if arch(config.model, k) != arch(base_config.model, k)]
+  diff = [k for k in arch_keys if getattr(config.model, k) != getattr(base_config.model, k)]
   if diff:
     raise CheckpointError(
         f"init_from={base_dir!r} is a run of another architecture: model."
-        + ", model.".join(f"{k} is {base_config.model.get(k)!r} there and "
-                          f"{config.model.get(k)!r} here" for k in diff) + ".")
+        + ", model.".join(f"{k} is {getattr(base_config.model, k)!r} there and "
+                          f"{getattr(config.model, k)!r} here" for k in diff) + ".")
   base_by_name = {s.name: s for s in base_specs}
-  new = tuple(config_utils.split_names(get("new_domains", "")))
-  rename = _rename_map(get("rename", ""))
-  init = str(get("init", "scratch"))
-  train = str(get("train", "new"))
+  new = tuple(config_utils.split_names(ext.new_domains))
+  rename = _rename_map(ext.rename)
+  init = ext.init
+  train = ext.train
   if train not in TRAIN_KINDS:
     raise ConfigError(f"extend.train {train!r} is not one of {TRAIN_KINDS}.")
   if init not in INIT_KINDS and not init.startswith("copy:"):
@@ -219,19 +210,16 @@ def _same_shape(new, old):
 # The report: what the new domains reached and cost.
 
 def independent_config(config):
-  """The same run as an independent model on the new domains only, from scratch."""
+  """The same run as an independent model on the new domains only, from scratch (a `Config`)."""
+  config = config_lib.parse(config)
   new_names = config_utils.split_names(config.extend.new_domains)
-  sub = config.copy_and_resolve_references()
-  with sub.unlocked():
-    sub.init_from = ""
-    sub.extend.new_domains = ""
-    sub.extend.compare_independent = False
-    sub.model.mode = "independent"
-    sub.data.tasks = ",".join(new_names)
-    sub.train.freeze_shared = False
-    sub.train.frozen_domains = ""
-    sub.train.domain_weights = ""
-  return sub
+  replace = dataclasses.replace
+  return replace(
+      config, init_from="",
+      extend=replace(config.extend, new_domains="", compare_independent=False),
+      model=replace(config.model, mode="independent"),
+      data=replace(config.data, tasks=",".join(new_names)),
+      train=replace(config.train, freeze_shared=False, frozen_domains="", domain_weights=""))
 
 
 def extension_report(config, workdir, extension, base_step, summary, counts, log, *,
@@ -247,7 +235,7 @@ def extension_report(config, workdir, extension, base_step, summary, counts, log
   one_independent = {}
   for spec in specs:
     if spec.name in new:
-      one = models.build_model([spec], {**config.model.to_dict(), "mode": "independent"})
+      one = models.build_model([spec], dataclasses.replace(config.model, mode="independent"))
       one_independent[spec.name] = models.param_counts(one)["total"]
   report = {
       "init_from": os.path.abspath(extension.base_workdir), "base_step": int(base_step),
@@ -259,7 +247,7 @@ def extension_report(config, workdir, extension, base_step, summary, counts, log
         "params_added": added,
         "params_added_pct_of_independent": 100.0 * added / one_independent[n],
         "independent_model_params": one_independent[n]}
-  if new and config.get("extend", {}).get("compare_independent", False):
+  if new and config.extend.compare_independent:
     sub_dir = os.path.join(workdir, "independent_" + "_".join(new))
     log(f"training an independent model on {', '.join(new)} with the same budget in {sub_dir}")
     sub = train_independent(independent_config(config), sub_dir)

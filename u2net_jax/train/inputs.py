@@ -33,7 +33,7 @@ def load_training_data(config, specs, workdir: str, batch: int, patch, channels:
     multihost_utils.sync_global_devices("datasets_built")
     dirs = datasets.ensure_built(config, specs, log=log)
   # Data shards: each process reads only its own, disjoint part of every domain.
-  num_shards = int(config.data.get("num_shards", 0)) or jax.process_count()
+  num_shards = config.data.num_shards or jax.process_count()
   mine = pipeline.owned_shards(num_shards, jax.process_index(), jax.process_count())
   cases = {d.name: {v: datasets.load_cases(dirs[d.name], "train", d, process_index=v,
                                            process_count=num_shards) for v in mine}
@@ -46,13 +46,11 @@ def load_training_data(config, specs, workdir: str, batch: int, patch, channels:
       f"{n} {sum(map(len, c.values()))} train/{len(val[n])} val" for n, c in cases.items()))
   weights = config_utils.domain_weights(config, specs)
   sampler = pipeline.PatchSampler(
-      cases, specs, patch_size=patch, batch_size=batch, seed=int(config.seed),
-      fg_fraction=float(tcfg.fg_fraction),
-      augment_cfg=augment.AugmentConfig.from_config(config.get("augment")),
+      cases, specs, patch_size=patch, batch_size=batch, seed=config.seed,
+      fg_fraction=tcfg.fg_fraction,
+      augment_cfg=augment.AugmentConfig.from_config(config.augment),
       domain_weights=weights, num_shards=num_shards, pad_channels_to=channels,
-      sampling=str(tcfg.get("sampling", "nnunet")),
-      small_class_prob=float(tcfg.get("small_class_prob", 0.3)),
-      fore_prob=float(tcfg.get("fore_prob", 0.3)),
-      small_classes=pipeline.parse_class_map(tcfg.get("small_classes", "")),
+      sampling=tcfg.sampling, small_class_prob=tcfg.small_class_prob, fore_prob=tcfg.fore_prob,
+      small_classes=pipeline.parse_class_map(tcfg.small_classes),
       source_patches=rescale.source_patches(config))
   return TrainingData(sampler, val, meta_ds)

@@ -107,7 +107,7 @@ class LoopState:
   def meta(self, config, arch: dict, names) -> dict:
     """The checkpoint metadata of the current step (JSON)."""
     return {"step": int(self.step),
-            "data": {"next_step": int(self.step), "seed": int(config.seed)},
+            "data": {"next_step": int(self.step), "seed": config.seed},
             "architecture": arch, "domains": list(names),
             "plateau_scale": self.plateau_scale, "best_mean_dice": self.best,
             "loss_plateau": self.loss_plateau.to_dict() if self.loss_plateau else None,
@@ -140,7 +140,7 @@ def begin(tcfg, state, restored, base: extend.Base | None, replicated, directory
         + (f"; new: {', '.join(extension.new_domains)}" if extension.new_domains else "")
         + ("; training only the new domains (shared and old domains frozen)"
            if extension.train == "new" else ""))
-  ls.step, ls.resumed, ls.total = ls.start, restored is not None, int(tcfg.steps)
+  ls.step, ls.resumed, ls.total = ls.start, restored is not None, tcfg.steps
   if ls.loss_plateau is not None and ls.loss_plateau.stopped:
     ls.total = ls.start  # stopped by the lr floor before: nothing left to train
   return ls
@@ -161,7 +161,7 @@ def train_step(run: Run, ls: LoopState, host_batch: dict):
     dom = run.parts.names[di]
     ids = [run.data.sampler.case_id(di, r, int(c)) for r, c in enumerate(host_batch["case"])]
     msg = f"non-finite loss/gradient at step {ls.step}, domain {dom!r}, cases {ids}"
-    if run.config.train.get("nan_policy", "stop") != "skip":
+    if run.config.train.nan_policy != "skip":
       run.ckpts.wait()
       run.ckpts.close()
       raise TrainingError(msg + "; the state was left unchanged and not checkpointed "
@@ -186,7 +186,7 @@ def end_of_epoch(run: Run, ls: LoopState, loss) -> bool:
   lp.add(loss)
   if ls.step % lp.epoch_steps != 0:
     return False
-  lr = float(run.config.train.lr)
+  lr = run.config.train.lr
   stop_early = lp.end_epoch(lr)
   if lp.scale != ls.plateau_scale:
     ls.plateau_scale = lp.scale

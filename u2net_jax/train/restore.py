@@ -7,6 +7,7 @@ from typing import NamedTuple
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from u2net_jax import config as config_lib
 from u2net_jax import config_utils
 from u2net_jax.errors import CheckpointError
 from u2net_jax.model import models
@@ -31,10 +32,11 @@ def restore_params(config, workdir: str, *, which: str = "best",
   `needs_data=False`: the caller reads no dataset (predict, export), so an MSD
   config need not name its data folder.
   """
+  config = config_lib.parse(config)
   specs = config_utils.validate(config, needs_data=needs_data)
   mesh = make_mesh(1)
   model, parts, state, _, _ = build_train_state(config, specs, mesh)
-  ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=int(config.train.max_to_keep))
+  ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=config.train.max_to_keep)
   arch = architecture(config, specs)
   abstract = ckpt_lib.abstract_like(state, NamedSharding(mesh, P()))
   check = lambda m: check_architecture(m, arch, ckpts.directory)

@@ -93,8 +93,6 @@ class LossPlateau:
 
   @classmethod
   def from_config(cls, tcfg) -> "LossPlateau":
-    """From train.plateau_* (defaults: the official values)."""
-    return cls(epoch_steps=int(tcfg.get("plateau_epoch_steps", 300)),
-               window=int(tcfg.get("plateau_window", 20)),
-               min_delta=float(tcfg.get("plateau_min_delta", 1e-4)),
-               min_lr=float(tcfg.get("plateau_min_lr", 1e-8)))
+    """From train.plateau_* (their defaults, u2net_jax/config.py, are the official values)."""
+    return cls(epoch_steps=tcfg.plateau_epoch_steps, window=tcfg.plateau_window,
+               min_delta=tcfg.plateau_min_delta, min_lr=tcfg.plateau_min_lr)

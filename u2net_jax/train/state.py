@@ -26,20 +26,20 @@ from u2net_jax.train import optim
 
 def maybe_initialize_distributed(config) -> None:
   """jax.distributed.initialize() when asked (flag/config) — automatic on Cloud TPU."""
-  dist = config.get("distributed", None)
-  if dist is None or not dist.get("enabled", False):
+  dist = config.distributed
+  if not dist.enabled:
     return
   # Nothing may touch the XLA backend before initialize() (not even process_count).
   if getattr(maybe_initialize_distributed, "_done", False):
     return
   kw = {}
-  if dist.get("coordinator_address"):
+  if dist.coordinator_address:
     kw = dict(coordinator_address=dist.coordinator_address,
-              num_processes=int(dist.num_processes), process_id=int(dist.process_id))
+              num_processes=dist.num_processes, process_id=dist.process_id)
   # Only affects CPU devices (multi-process CPU runs need gloo collectives);
   # harmless on GPU/TPU. Checking the backend here would initialize it.
   jax.config.update("jax_cpu_collectives_implementation",
-                    dist.get("cpu_collectives", "") or "gloo")
+                    dist.cpu_collectives or "gloo")
   jax.distributed.initialize(**kw)
   maybe_initialize_distributed._done = True
 
@@ -86,11 +86,10 @@ def split_model(model: models.U2Net) -> tuple[ModelParts, dict]:
 def architecture(config, specs) -> dict:
   """What a checkpoint must match to be restored into this config."""
   m = config.model
-  return {"mode": m.mode, "features_root": int(m.features_root),
-          "num_levels": int(m.num_levels), "downsample": m.downsample,
-          "deep_supervision": bool(m.deep_supervision),
-          **({"pool_per_axis": list(models.parse_pools(m.pool_per_axis))}
-             if m.get("pool_per_axis") else {}),
+  return {"mode": m.mode, "features_root": m.features_root,
+          "num_levels": m.num_levels, "downsample": m.downsample,
+          "deep_supervision": m.deep_supervision,
+          **({"pool_per_axis": list(m.pool_per_axis)} if m.pool_per_axis else {}),
           "domains": {d.name: [d.in_channels, d.num_classes] for d in specs}}
 
 
@@ -104,17 +103,16 @@ def check_architecture(meta: dict, expected: dict, directory: str) -> None:
 
 def build_train_state(config, specs, mesh):
   """(model, parts, state, tx_shared, tx_domain); state = {params, opt, step}, replicated."""
-  model = models.build_model(specs, config.model, seed=int(config.seed))
+  model = models.build_model(specs, config.model, seed=config.seed)
   parts, params = split_model(model)
   tcfg = config.train
-  scaling = tcfg.get("update_scaling", "none")
-  tx_shared = optim.make_tx(float(tcfg.weight_decay), tcfg.weight_decay_mode, scaling=scaling)
-  wd_d = float(tcfg.weight_decay_domain) if float(tcfg.weight_decay_domain) >= 0 else \
-      float(tcfg.weight_decay)
+  scaling = tcfg.update_scaling
+  tx_shared = optim.make_tx(tcfg.weight_decay, tcfg.weight_decay_mode, scaling=scaling)
+  wd_d = tcfg.weight_decay_domain if tcfg.weight_decay_domain >= 0 else tcfg.weight_decay
   tx_domain = optim.make_tx(wd_d, tcfg.weight_decay_mode, scaling=scaling)
-  frozen = set(config_utils.split_names(tcfg.get("frozen_domains", "")))
+  frozen = set(config_utils.split_names(tcfg.frozen_domains))
   opt = optim.init_opt_state(params["shared"], params["domains"], tx_shared, tx_domain,
-                             freeze_shared=bool(tcfg.get("freeze_shared", False)),
+                             freeze_shared=tcfg.freeze_shared,
                              frozen_domains=frozen)
   state = {"params": params, "opt": opt, "step": jnp.zeros((), jnp.int32)}
   replicated = NamedSharding(mesh, P())

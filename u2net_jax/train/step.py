@@ -27,8 +27,8 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
   tcfg = config.train
   counts = jnp.array([d.num_classes for d in model.domains])
   max_k = model.max_num_classes
-  accum = int(tcfg.get("grad_accum", 1))
-  freeze_shared = bool(tcfg.get("freeze_shared", False))
+  accum = tcfg.grad_accum
+  freeze_shared = tcfg.freeze_shared
   loss_kw = config_utils.loss_options(tcfg)
 
   def loss_fn(params, image, label, domain):
@@ -56,11 +56,11 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
       zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
       (loss, grads), _ = jax.lax.scan(micro, zero, (split(batch["image"]), split(batch["label"])))
       loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-    grads, gnorm = optim.clip_grads(grads, float(tcfg.grad_clip))
+    grads, gnorm = optim.clip_grads(grads, tcfg.grad_clip)
     new_params, new_opt = optim.apply_updates(
         params, grads, state["opt"], domain, names=parts.names, tx_shared=tx_shared,
         tx_domain=tx_domain, lr_shared=lr_shared, lr_domain=lr_domain,
-        domain_updates=optim.check_domain_updates(tcfg.get("domain_updates", "isolated")))
+        domain_updates=optim.check_domain_updates(tcfg.domain_updates))
     # A non-finite loss or gradient leaves the state as it was (the caller
     # then stops or skips, by config): no NaN ever reaches a checkpoint.
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -74,7 +74,7 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
 
 def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
   """(shared lr, domain lr) at `step` for `train.schedule`."""
-  total = max(int(tcfg.steps), 1)
+  total = max(tcfg.steps, 1)
   if tcfg.schedule == "constant":
     factor = 1.0
   elif tcfg.schedule == "poly":
@@ -84,11 +84,11 @@ def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
   else:
     raise ConfigError(f"train.schedule {tcfg.schedule!r} is not constant, poly, plateau or "
                       "loss_plateau.")
-  warm = int(tcfg.get("warmup_steps", 0))
+  warm = tcfg.warmup_steps
   if warm and step < warm:
     factor *= (step + 1) / warm
-  lr_d = tcfg.lr_domain if float(tcfg.lr_domain) > 0 else tcfg.lr
-  return float(tcfg.lr) * factor, float(lr_d) * factor
+  lr_d = tcfg.lr_domain if tcfg.lr_domain > 0 else tcfg.lr
+  return tcfg.lr * factor, lr_d * factor
 
 
 class CompiledStep(NamedTuple):

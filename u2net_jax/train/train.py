@@ -16,6 +16,7 @@ effect.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -24,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from u2net_jax import config as config_lib
 from u2net_jax import config_utils, logging_utils
 from u2net_jax.data import datasets
 from u2net_jax.errors import ConfigError
@@ -78,17 +80,13 @@ def _with_overrides(config, train_overrides: dict):
   """A copy of `config` with `train.<key> = value` for each item (itself when there are none)."""
   if not train_overrides:
     return config
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for k, v in train_overrides.items():
-      config.train[k] = v
-  return config
+  return dataclasses.replace(config, train=dataclasses.replace(config.train, **train_overrides))
 
 
 def _global_batch_size(tcfg, mesh) -> int:
   """train.batch_size, checked to split evenly over the mesh's devices and the processes."""
   n_dev = mesh.devices.size
-  batch = int(tcfg.batch_size)
+  batch = tcfg.batch_size
   if batch % n_dev or batch % jax.process_count():
     raise ConfigError(
         f"train.batch_size={batch} must be divisible by the {n_dev} devices of the mesh "
@@ -101,23 +99,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   After a SIGTERM: {"preempted": True, "step": s} once step s is saved.
   """
+  config = config_lib.parse(config)  # typed and frozen from here on
   maybe_initialize_distributed(config)
   specs = config_utils.validate(config, needs_data=True)
   base = None
-  if config.get("init_from", ""):
+  if config.init_from:
     base = _load_base(config, specs)
     config = _with_overrides(config, extend.training_overrides(base.extension, specs))
   _enable_compilation_cache(workdir)
   tcfg = config.train
 
   # -- model and workdir: resume, else start (from the base run's weights) ------
-  mesh = make_mesh(int(tcfg.get("num_devices", 0)))
+  mesh = make_mesh(tcfg.num_devices)
   batch = _global_batch_size(tcfg, mesh)
-  patch = config_utils.patch_size(config)
+  patch = config.data.patch_size
   arch = architecture(config, specs)
   model, parts, state, tx_shared, tx_domain = build_train_state(config, specs, mesh)
   replicated = NamedSharding(mesh, P())
-  ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=int(tcfg.max_to_keep))
+  ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=tcfg.max_to_keep)
   restored = ckpts.restore_latest(
       ckpt_lib.abstract_like(state, replicated),
       check_meta=lambda m: check_architecture(m, arch, ckpts.directory))
@@ -142,16 +141,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # -- the loop: one update per batch, then what is due at that step ------------
   with loop.Preemption() as preempt:
     batches = data.sampler.iterate(ls.start, max(ls.total - ls.start, 0),
-                                   num_threads=int(tcfg.get("data_threads", 2)))
+                                   num_threads=tcfg.data_threads)
     ls.t_last = time.time()
     for host_batch in batches:
       out, lr, seconds = loop.train_step(run, ls, host_batch)
       stop_early = loop.end_of_epoch(run, ls, out["loss"])
-      if itstime(ls.step, int(tcfg.log_every), ls.total):
+      if itstime(ls.step, tcfg.log_every, ls.total):
         loop.log_progress(run, ls, out, lr, seconds)
-      if itstime(ls.step, int(tcfg.checkpoint_every), ls.total, last=False):
+      if itstime(ls.step, tcfg.checkpoint_every, ls.total, last=False):
         loop.save(run, ls)
-      if itstime(ls.step, int(tcfg.eval_every), ls.total, last=False):
+      if itstime(ls.step, tcfg.eval_every, ls.total, last=False):
         _evaluate_during_training(run, ls)
       if preempt.requested:
         return loop.stop_preempted(run, ls)
@@ -213,6 +212,7 @@ def _final_evaluation(run: Run, ls: LoopState, base: extend.Base | None) -> dict
 
 def evaluate_workdir(config, workdir: str) -> dict:
   """--mode=evaluate: metrics of the best checkpoint on the validation split."""
+  config = config_lib.parse(config)
   log_ = logging_utils.MetricLogger(workdir)
   restored = restore_params(config, workdir)
   specs = restored.specs
