@@ -68,6 +68,9 @@ class ModelConfig:
   depthwise_impl: str = "auto"     # auto | lax | shift | fused
   dense_impl: str = "auto"         # auto | lax | shift (dense k³ convs; auto = shift on CPU)
   compute_dtype: str = "float32"   # or bfloat16 (float32 master weights)
+  # Recompute each encoder/decoder level in the backward pass (jax.checkpoint):
+  # less activation memory, ~1 more forward's FLOPs. Same results.
+  remat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

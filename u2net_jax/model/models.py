@@ -108,8 +108,9 @@ class U2Net(nnx.Module):
                num_levels: int = 4, mode: str = "separable", downsample: str = "separable",
                deep_supervision: bool = True, depthwise_impl: str = "auto",
                dense_impl: str = "auto", compute_dtype=jnp.float32,
-               pool_per_axis: Sequence[int] = (), rngs: nnx.Rngs):
+               pool_per_axis: Sequence[int] = (), remat: bool = False, rngs: nnx.Rngs):
     layers.check_mode(mode, downsample)
+    self.remat = bool(remat)
     self.strides = level_strides(num_levels, pool_per_axis)
     self.pool_per_axis = tuple(int(p) for p in pool_per_axis)
     domains = check_unique(domains)
@@ -202,13 +203,13 @@ class U2Net(nnx.Module):
     y = leaky_relu(self.in_norm(self.in_conv(x, sel), sel))
     skips = []
     for l in range(self.num_levels):
-      y = self.encoder[l](y, sel)
+      y = self._level(self.encoder[l], sel, y)
       if l < self.num_levels - 1:
         skips.append(y)
         y = leaky_relu(self.down[l](y, sel))
     ds = None
     for l in range(self.num_levels - 2, -1, -1):
-      y = self.decoder[l](y, skips[l], sel)
+      y = self._level(self.decoder[l], sel, y, skips[l])
       if l in self.ds_levels:
         h = leaky_relu(self.ds_norm[str(l)](self.ds_conv[str(l)](y, sel), sel))
         ds = layers.upsample_nearest(h if ds is None else h + ds, self.strides[l - 1])
@@ -219,6 +220,12 @@ class U2Net(nnx.Module):
     if not sel.by_name:
       logits = jnp.where(self.class_mask(domain), logits, MASKED_LOGIT)
     return logits
+
+  def _level(self, level: nnx.Module, sel: DomainSelector, *xs: jax.Array) -> jax.Array:
+    """level(*xs, sel); with `remat`, under nnx.remat (recomputed in the backward pass)."""
+    if not self.remat:
+      return level(*xs, sel)
+    return nnx.remat(lambda mod, *args: mod(*args, sel))(level, *xs)
 
   def class_mask(self, domain) -> jax.Array:
     """(max_num_classes,) bool: the classes that exist for `domain` (name or index)."""
@@ -236,7 +243,7 @@ def build_model(domains: Sequence[DomainSpec], model_cfg, *, seed: int = 0) -> U
       downsample=m.downsample, deep_supervision=m.deep_supervision,
       depthwise_impl=m.depthwise_impl, dense_impl=m.dense_impl,
       compute_dtype=jnp.dtype(m.compute_dtype), pool_per_axis=m.pool_per_axis,
-      rngs=nnx.Rngs(seed))
+      remat=m.remat, rngs=nnx.Rngs(seed))
 
 
 def parse_pools(value) -> tuple[int, ...]:
