@@ -3,7 +3,8 @@
 `run(argv)` runs `python ARGV` from the project root on CPU (every end-to-end
 test goes through it; those tests are marked `slow`); `cli(*args)` is
 `run(["run.py", *args])`. One trained `smoke` workdir is shared by the
-predict, export and notebook tests: the first module that asks trains it (the
+predict, export, notebook, reliability and extend tests (read only; copy it
+to change it): the first module that asks trains it (the
 real command line, 2 steps: ~45 s on 2 cores); later modules of the same
 pytest session find it under the session's base temp folder and reuse it.
 """

@@ -14,7 +14,6 @@ from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
 
 from experiments import add_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import five_domain  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # End to end (trains or runs run.py): `pytest -m 'not slow'` skips the module.
 pytestmark = pytest.mark.slow
@@ -34,16 +33,16 @@ def _config(module, data_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """A smoke base run (heart, prostate) and spleen added to it."""
+  """The session's trained smoke run (heart, prostate) as the base, and spleen added to it.
+
+  The base is only read here (smoke_workdir.trained: no second base training).
+  """
   root = tmp_path_factory.mktemp("extend")
-  data_dir = smoke_workdir.data_dir(tmp_path_factory)
-  base = str(root / "base")
-  base_summary = train.train_and_evaluate(_config(five_domain, data_dir), base)
+  base, data_dir = smoke_workdir.trained(tmp_path_factory)
   added = str(root / "added")
   cfg = _config(add_domain, data_dir, init_from=base)
   summary = train.train_and_evaluate(cfg, added)
-  return dict(data_dir=data_dir, base=base, added=added, base_summary=base_summary,
-              summary=summary, root=root)
+  return dict(data_dir=data_dir, base=base, added=added, summary=summary, root=root)
 
 
 def _restore(workdir):
