@@ -272,12 +272,12 @@ def test_two_process_distributed_run_agrees_with_one_process(tmp_path, data_dir,
   config = smoke(data_dir)
   single = str(tmp_path / "single")
   # Two data shards in one process = one shard in each of two processes.
-  proc = run_cli(single, data_dir, cache_dir, "--config.train.steps=4",
+  proc = run_cli(single, data_dir, cache_dir, "--config.train.steps=2",
                  "--config.data.num_shards=2", env={"JAX_NUM_CPU_DEVICES": "2"})
   assert proc.returncode == 0, proc.stdout[-3000:]
   multi = str(tmp_path / "multi")
   port = _free_port()
-  procs = [run_cli(multi, data_dir, cache_dir, "--config.train.steps=4",
+  procs = [run_cli(multi, data_dir, cache_dir, "--config.train.steps=2",
                    "--config.distributed.enabled=True",
                    f"--config.distributed.coordinator_address=localhost:{port}",
                    "--config.distributed.num_processes=2",
