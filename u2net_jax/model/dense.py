@@ -33,6 +33,10 @@ from u2net_jax.model.depthwise import same_padding
 
 IMPLS = options.DENSE_IMPLS
 
+# While a list, every conv3d call appends (x shape, kernel shape, strides,
+# dtype) to it: how `autotune` learns a model's actual conv shapes.
+SHAPES: list | None = None
+
 
 def resolve_impl(impl: str, backend: str | None = None) -> str:
   """Maps 'auto' to the fastest implementation measured on `backend`."""
@@ -141,6 +145,8 @@ def conv3d(x: jax.Array, kernel: jax.Array, stride=1, impl: str = "auto") -> jax
   `stride`: an int or per-axis (s_D, s_H, s_W).
   """
   impl = resolve_impl(impl)
+  if SHAPES is not None:  # model.autotune records the calls' shapes
+    SHAPES.append((tuple(x.shape), tuple(kernel.shape), strides(stride), str(x.dtype)))
   if impl == "lax":
     return conv3d_lax(x, kernel, stride)
   return conv3d_shift(x, kernel, stride)

@@ -29,6 +29,10 @@ from u2net_jax.errors import ConfigError, InputError
 
 IMPLS = options.DEPTHWISE_IMPLS
 
+# While a list, every depthwise_conv3d call appends (x shape, kernel shape,
+# stride, dtype) to it: how `autotune` learns a model's actual conv shapes.
+SHAPES: list | None = None
+
 # Output depth planes per block in the 'fused' backward loops (measured: 4).
 _BLOCK = 4
 
@@ -330,6 +334,8 @@ def depthwise_conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     (B, ceil(D/s), ceil(H/s), ceil(W/s), C).
   """
   impl = resolve_impl(impl)
+  if SHAPES is not None:  # model.autotune records the calls' shapes
+    SHAPES.append((tuple(x.shape), tuple(kernel.shape), stride, str(x.dtype)))
   if impl == "lax":
     return depthwise_conv3d_lax(x, kernel, stride)
   if impl == "fused":

@@ -7,6 +7,8 @@ step updates one domain's weights and the optimizer of each tree is its own.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from u2net_jax import config_utils
+from u2net_jax import config_utils, io, options
 from u2net_jax.errors import CheckpointError, ConfigError
-from u2net_jax.model import layers, models
+from u2net_jax.model import autotune, layers, models
 from u2net_jax.train import optim
 
 # ----------------------------------------------------------------------------
@@ -99,6 +101,50 @@ def check_architecture(meta: dict, expected: dict, directory: str) -> None:
     raise CheckpointError(
         f"{directory} holds a checkpoint of another architecture ({got}); this config "
         f"builds {expected}. Use another --workdir or the matching config.")
+
+
+AUTOTUNE_FILE = "autotune.json"
+
+
+def tuned_model_config(config, specs, per_device_batch: int, workdir: str, log):
+  """(config.model with 'auto' impls resolved, record to keep in the workdir or None).
+
+  A workdir that already holds `autotune.json` (a resumed run) keeps its
+  choice, so a run never changes implementation half-way. Otherwise
+  `model.autotune` measures (or reuses its cache); with several processes,
+  process 0's choice is used by all (one program everywhere).
+  """
+  m = config.model
+  path = os.path.join(workdir, AUTOTUNE_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        kept = json.load(f)
+      tuned = dataclasses.replace(m, depthwise_impl=kept["depthwise_impl"],
+                                  dense_impl=kept["dense_impl"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{path} is not readable ({e}); delete it to measure again.") from None
+    log(f"autotune: resuming with depthwise {tuned.depthwise_impl!r}, dense "
+        f"{tuned.dense_impl!r} ({path})")
+    return tuned, None
+  tuned, report = autotune.tune(specs, m, per_device_batch, config.data.patch_size, log=log)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ids = np.array([options.DEPTHWISE_IMPLS.index(tuned.depthwise_impl),
+                    options.DENSE_IMPLS.index(tuned.dense_impl)], np.int32)
+    ids = multihost_utils.broadcast_one_to_all(ids)
+    tuned = dataclasses.replace(m, depthwise_impl=options.DEPTHWISE_IMPLS[int(ids[0])],
+                                dense_impl=options.DENSE_IMPLS[int(ids[1])])
+  record = {"depthwise_impl": tuned.depthwise_impl, "dense_impl": tuned.dense_impl,
+            "configured": {"depthwise_impl": m.depthwise_impl, "dense_impl": m.dense_impl},
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "measurements": report}
+  return tuned, record
+
+
+def write_autotune_record(workdir: str, record) -> None:
+  if record is not None and jax.process_index() == 0:
+    io.write_json(os.path.join(workdir, AUTOTUNE_FILE), record)
 
 
 def build_train_state(config, specs, mesh):

@@ -38,7 +38,8 @@ from u2net_jax.train.loop import LoopState, Run, TrainingError, itstime
 from u2net_jax.train.restore import Restored, restore_params
 from u2net_jax.train.state import (ModelParts, architecture, build_train_state,
                                    check_architecture, domain_filter, make_mesh,
-                                   maybe_initialize_distributed, split_model)
+                                   maybe_initialize_distributed, split_model,
+                                   tuned_model_config, write_autotune_record)
 from u2net_jax.train.step import compile_train_step, learning_rate, make_train_step
 from u2net_jax.train.summary import make_summary, print_table, write_summary
 
@@ -114,7 +115,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batch = _global_batch_size(tcfg, mesh)
   patch = config.data.patch_size
   arch = architecture(config, specs)
-  model, parts, state, tx_shared, tx_domain = build_train_state(config, specs, mesh)
+  # 'auto' conv implementations measured for this model and batch (model/autotune.py);
+  # config.json keeps what was asked, autotune.json what was chosen.
+  say = print if jax.process_index() == 0 else (lambda *_: None)
+  tuned, tune_record = tuned_model_config(config, specs, batch // mesh.devices.size, workdir, say)
+  model, parts, state, tx_shared, tx_domain = build_train_state(
+      dataclasses.replace(config, model=tuned), specs, mesh)
   replicated = NamedSharding(mesh, P())
   ckpts = ckpt_lib.Checkpoints(workdir, max_to_keep=tcfg.max_to_keep)
   restored = ckpts.restore_latest(
@@ -124,6 +130,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logger = logging_utils.MetricLogger(workdir)
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
+  write_autotune_record(workdir, tune_record)
   ls = loop.begin(tcfg, state, restored, base, replicated, ckpts.directory, logger.info)
 
   # -- input and the compiled step ---------------------------------------------
