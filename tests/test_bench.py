@@ -5,6 +5,7 @@ written there.
 """
 
 import json
+import sys
 
 
 import pytest
@@ -62,3 +63,128 @@ def test_window_scaling_reports_each_size_with_its_window_count(tmp_path):
     assert r["windows"] == sliding_window.num_windows((r["size"],) * 3, (16, 16, 16))
     assert r["seconds"] > 0 and r["peak_rss_mb"] > 0
   assert rows[1]["windows"] > rows[0]["windows"] == 1
+
+
+# -- compile-only analysis (--analyze) and the remat option --------------------
+
+@pytest.mark.slow
+def test_analyze_smoke_writes_costs_memory_and_projections(tmp_path):
+  out = tmp_path / "analyze.json"
+  proc = smoke_workdir.run(
+      ["benchmarks/bench.py", "--preset=smoke", "--analyze", f"--out={out}"],
+      env={"JAX_NUM_CPU_DEVICES": "1"}, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for key in bench.ANALYZE_KEYS:
+    assert key in result, key
+  for program in ("train", "window"):
+    part = result[program]
+    for key in bench.ANALYSIS_KEYS:
+      assert key in part, (program, key)
+    assert part["flops_per_step"] > 0 and part["bytes_accessed_per_step"] > 0
+    assert part["peak_memory_bytes"] > 0 and part["memory"]["available"]
+    assert set(part["projected_step_s"]) == set(bench.HARDWARE)
+    assert all(t > 0 for t in part["projected_step_s"].values())
+  assert result["flops_per_step"] == result["train"]["flops_per_step"]
+  assert {"H100", "H200", "TPU v5e", "TPU v5p"} <= set(result["projected_step_s"])
+  assert all(h["source"] and h["peak_flops"] > 0 for h in result["hardware"].values())
+  # Tiny programs fit everywhere.
+  assert all(f["train"] and f["window"] for f in result["fits"].values())
+  assert result["window"]["window_count"] == 27  # 32³ in 16³ windows, 50 % overlap
+
+
+def test_roofline_and_fits_use_the_datasheet_numbers():
+  times, bound = bench.roofline(989e12, 1.0)
+  assert times["H100"] == pytest.approx(1.0) and bound["H100"] == "compute"
+  times, bound = bench.roofline(1.0, 3.35e12)
+  assert times["H100"] == pytest.approx(1.0) and bound["H100"] == "memory"
+  assert times["H200"] == pytest.approx(3.35 / 4.8)
+  f = bench.fits({"train": 20 * 2 ** 30, "none": 0})
+  assert f["V100"]["train"] is False and f["TPU v5e"]["train"] is False
+  assert f["H100"]["train"] is True and f["TPU v5p"]["train"] is True
+  assert f["H100"]["none"] is None
+
+
+def test_memory_summary_adds_arguments_outputs_temporaries_less_aliases():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((64, 64), jnp.float32)
+  compiled = jax.jit(lambda a: jnp.tanh(a @ a) + 1, donate_argnums=0).lower(x).compile()
+  m = bench.memory_summary(compiled)
+  assert m["available"] and m["argument_size_in_bytes"] >= 64 * 64 * 4
+  assert m["peak_memory_bytes"] == (m["argument_size_in_bytes"] + m["output_size_in_bytes"]
+                                    + m["temp_size_in_bytes"]
+                                    + m["generated_code_size_in_bytes"]
+                                    - m["alias_size_in_bytes"]) > 0
+
+
+def test_paper_preset_is_the_msd_step_at_gpu_sizes():
+  c = bench.make_config("paper", "lax", "lax")
+  m = c.model
+  assert (m.mode, m.features_root, m.num_levels, m.downsample) == ("separable", 16, 6, "dense")
+  assert (m.compute_dtype, m.depthwise_impl, m.dense_impl, m.remat) == ("bfloat16", "lax",
+                                                                        "lax", False)
+  assert tuple(c.data.patch_size) == (128, 128, 128)
+  assert c.train.loss == "lovasz_focal" and c.train.domain_updates == "official"
+  assert bench.make_config("paper", "lax", "lax", remat=True).model.remat is True
+  specs = bench.domain_specs(128, "paper")
+  assert {s.name: (s.in_channels, s.num_classes) for s in specs} == bench.MSD_SHAPES
+  assert bench.PRESETS["paper"]["batch_per_device"] == 2
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import models  # pylint: disable=g-import-not-at-top
+  specs = bench.domain_specs(8, "paper")[3:]  # prostate (2 channels, 3 classes), pancreas
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 8, 2)), jnp.float32)
+  got = []
+  for remat in (False, True):
+    model = models.U2Net(specs, features_root=2, num_levels=2, depthwise_impl="lax",
+                         remat=remat, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    loss = lambda s: (nnx.merge(graphdef, s)(x, jnp.int32(0)) ** 2).mean()
+    got.append(jax.jit(jax.value_and_grad(loss))(state))
+  (l0, g0), (l1, g1) = got
+  assert float(l0) == float(l1)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# -- benchmarks/device_check.sh, on CPU ----------------------------------------
+
+@pytest.mark.slow
+def test_device_check_runs_on_cpu_and_writes_one_json(tmp_path, tmp_path_factory):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from benchmarks import device_check_collect  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "device_check.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
+             DEVICE_CHECK_ALLOW_CPU="1", DEVICE_CHECK_PRESET="smoke", DEVICE_CHECK_IMPLS="lax",
+             DEVICE_CHECK_TIMEOUT_SCALE="10", DEVICE_CHECK_TRAIN_STEPS="2",
+             DEVICE_CHECK_DATA_DIR=smoke_workdir.data_dir(tmp_path_factory),
+             PYTHON=sys.executable, TMPDIR=str(tmp_path))
+  proc = subprocess.run(["bash", "benchmarks/device_check.sh", str(out)], cwd=smoke_workdir.ROOT,
+                        env=env, capture_output=True, text=True, timeout=1500)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for key in device_check_collect.COLLECT_KEYS:
+    assert key in result, key
+  assert result["ok"] and result["backend"] == "cpu" and result["impls"] == ["lax"]
+  parts = result["parts"]
+  assert set(parts) == {"devices", "bench_lax", "train", "export", "reload"}
+  for name, part in parts.items():
+    for key in device_check_collect.PART_KEYS:
+      assert key in part, (name, key)
+    assert part["rc"] == 0 and part["seconds"] > 0, (name, part)
+  for key in bench.REQUIRED_KEYS:
+    assert key in parts["bench_lax"]["result"], key
+  assert parts["train"]["result"]["step"] == 2
+  assert set(parts["train"]["result"]["mean_dice"]) == {"heart", "prostate"}
+  reloaded = parts["reload"]["result"]["domains"]
+  assert set(reloaded) == {"heart", "prostate"}
+  for r in reloaded.values():
+    assert r["labels_shape"] == r["volume_shape"]
+    assert r["window_probabilities_shape"] == [1, *r["patch"], r["classes"]]
