@@ -75,7 +75,10 @@ print(json.dumps({"backend": jax.default_backend(), "jax_version": jax.__version
   tail -20 "$PARTS/devices.log" >&2
   exit 3
 }
-BACKEND=$("$PYTHON" -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["backend"])' "$PARTS/devices.log")
+BACKEND=$("$PYTHON" -c '
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("{")]
+print(json.loads(lines[-1])["backend"] if lines else "unknown")' "$PARTS/devices.log")
 if [ "$BACKEND" != gpu ] && [ "${DEVICE_CHECK_ALLOW_CPU:-0}" != 1 ]; then
   echo "device_check: JAX sees no GPU (backend '$BACKEND': $(tail -1 "$PARTS/devices.log"))." >&2
   echo "Install the CUDA build once, where PyPI is reachable: pip install -r requirements.txt" \
