@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import smoke_workdir
+from u2net_jax import config as config_lib
 from u2net_jax import config_utils
 from u2net_jax.train import train
 from u2net_jax.errors import CheckpointError, ConfigError
@@ -107,7 +108,8 @@ def test_summary_old_entries_equal_base_and_extension_report(runs):
 
 def test_new_domain_loss_falls_with_shared_frozen(runs):
   cfg = _config(add_domain, runs["data_dir"], init_from=runs["base"])
-  cfg = train._with_overrides(cfg, {"freeze_shared": True, "frozen_domains": "heart,prostate"})
+  cfg = train._with_overrides(config_lib.parse(cfg),
+                              {"freeze_shared": True, "frozen_domains": "heart,prostate"})
   specs = config_utils.validate(cfg)
   mesh = train.make_mesh(1)
   model, parts, state, txs, txd = train.build_train_state(cfg, specs, mesh)

@@ -1,5 +1,6 @@
 """--mode=predict: geometry round trips, bounded memory, post-processing, bad inputs."""
 
+import dataclasses
 import json
 import os
 import re
@@ -495,8 +496,9 @@ def test_export_records_the_source_patch_and_the_loaded_predictor_resizes(smoke,
   meta = json.load(open(os.path.join(plain, "meta.json")))
   assert meta["inference"]["source_patch"] is None and meta["format_version"] == 1
   assert exported.load(plain).source_patch is None
-  with config.unlocked():
-    config.data.source_patch = "heart:8x24x16,prostate:4x24x24"
+  config = dataclasses.replace(  # load_config gives a frozen Config
+      config, data=dataclasses.replace(config.data,
+                                       source_patch="heart:8x24x16,prostate:4x24x24"))
   path = export.export_domain(config, str(tmp_path / "resized"), spec, plan, params, step,
                               platforms=("cpu",), log=lambda *_: None)
   meta = json.load(open(os.path.join(path, "meta.json")))
