@@ -65,8 +65,9 @@ class ModelConfig:
   # `nums_pool_per_axis` (anisotropic; num_levels = max + 1; dense downsampling).
   pool_per_axis: tuple[int, ...] = ()
   deep_supervision: bool = True
+  # auto = measured at the start of training (model/autotune.py) | a fixed choice
   depthwise_impl: str = "auto"     # auto | lax | shift | fused
-  dense_impl: str = "auto"         # auto | lax | shift (dense k³ convs; auto = shift on CPU)
+  dense_impl: str = "auto"         # auto | lax | shift (dense k³ convs)
   compute_dtype: str = "float32"   # or bfloat16 (float32 master weights)
   # Recompute each encoder/decoder level in the backward pass (jax.checkpoint):
   # less activation memory, ~1 more forward's FLOPs. Same results.
