@@ -89,6 +89,20 @@ def test_dense_downsample_counts():
   assert models.param_counts(model)["per_domain"] == per_domain
 
 
+def test_abstract_model_has_the_built_models_weights_without_allocating_them():
+  # The fast abstract build (NumPy rng counters) must describe exactly the
+  # model `build_model` makes: same paths, shapes, dtypes — and no arrays.
+  cfg = {"features_root": 4, "num_levels": 3, "mode": "separable"}
+  built = nnx.to_flat_state(nnx.state(models.build_model(DOMAINS, cfg, seed=3)))
+  abstract = nnx.to_flat_state(nnx.state(models.abstract_model(DOMAINS, cfg, seed=3)))
+  built, abstract = dict(built), dict(abstract)
+  assert sorted(built, key=str) == sorted(abstract, key=str)
+  for path, var in built.items():
+    (a,), (b,) = jax.tree.leaves(abstract[path]), jax.tree.leaves(var)
+    assert isinstance(a, jax.ShapeDtypeStruct), path
+    assert (a.shape, a.dtype) == (b.shape, b.dtype), path
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_output_shapes_per_domain(mode):
   model = models.U2Net(DOMAINS, features_root=2, num_levels=3, mode=mode, rngs=nnx.Rngs(0),

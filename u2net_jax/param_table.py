@@ -1,6 +1,6 @@
 """`--mode=params`: parameter counts per collection, from the config alone.
 
-Builds the model abstractly (`nnx.eval_shape`: no weights are allocated, so
+Builds the model abstractly (`models.abstract_model`: no weights are allocated, so
 paper-scale independent models cost nothing) and reads no data.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from flax import nnx
 
 from u2net_jax import config as config_lib
 from u2net_jax import config_utils, io
@@ -22,7 +21,7 @@ def count(config, mode: str | None = None) -> dict:
   model_cfg = config_lib.model_config(config.model)
   if mode is not None:
     model_cfg = dataclasses.replace(model_cfg, mode=mode)
-  model = nnx.eval_shape(lambda: models.build_model(specs, model_cfg))
+  model = models.abstract_model(specs, model_cfg)
   return models.param_counts(model)
 
 

@@ -31,7 +31,7 @@ def _key(path) -> str:
 def _single_model(spec: DomainSpec, model_cfg, impls: dict | None = None) -> models.U2Net:
   cfg = dataclasses.replace(config_lib.model_config(model_cfg), **(impls or {}))
   # Shapes only: the values come from the checkpoint.
-  return nnx.eval_shape(lambda: models.build_model([spec], cfg, seed=0))
+  return models.abstract_model([spec], cfg)
 
 
 def weights_of(params: dict, spec: DomainSpec, model_cfg) -> dict[str, np.ndarray]:
