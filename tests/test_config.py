@@ -58,10 +58,26 @@ def test_values_are_cast_once_to_their_type():
     ({"data": {"patch_size": (32, 32)}}, "must be 3 positive ints"),
     ({"eval": {"dice_grid": "original"}}, "needs MSD data"),
     ({"extend": {"new_domains": "spleen"}}, "--config.init_from"),
+    ({"data": {"source": "nifti"}}, "config.data.source 'nifti' is not one of"),
+    ({"data": {"tasks": "heart,nifti:/data/x"}}, r"config.data.tasks entry 'nifti:/data/x'"),
+    ({"data": {"tasks": " , "}}, "config.data.tasks is empty"),
+    ({"data": {"source": "msd", "tasks": "heart,nnunet:/d/Dataset004_Hippocampus"},
+      "eval": {"dice_grid": "original"}}, r"entries \['nnunet:/d/Dataset004_Hippocampus'\]"),
 ])
 def test_bad_values_name_the_key(values, match):
   with pytest.raises(ConfigError, match=match):
     config_lib.parse(values)
+
+
+def test_task_entries_name_source_and_dataset():
+  entries = config_lib.task_entries(
+      "heart, msd:liver,nnunet:/raw/Dataset004_Hippocampus,hip=nnunet:hippocampus", "synthetic")
+  assert [(e.name, e.source, e.ref) for e in entries] == [
+      ("", "synthetic", "heart"), ("", "msd", "liver"),
+      ("", "nnunet", "/raw/Dataset004_Hippocampus"), ("hip", "nnunet", "hippocampus")]
+  assert entries[3].text == "hip=nnunet:hippocampus"
+  (e,) = config_lib.task_entries(["Dataset004_Hippocampus"], "nnunet")
+  assert (e.source, e.ref) == ("nnunet", "Dataset004_Hippocampus")
 
 
 def test_saved_config_round_trips_and_old_files_load_with_defaults(tmp_path):

@@ -1,6 +1,9 @@
-"""The synthetic_organs TFDS builder, the TF-free build command and atomic builds."""
+"""The synthetic_organs TFDS builder, the TF-free build command, atomic builds and the
+checksums that find a built dataset's files changed later."""
 
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import tensorflow_datasets as tfds
 import smoke_workdir
 from tfds_builders import common, registry
 from tfds_builders.synthetic_organs import synthetic_organs
-from u2net_jax.data import datasets
+from u2net_jax.data import datasets, integrity
 from u2net_jax.errors import DataError
 
 
@@ -98,3 +101,62 @@ def test_unknown_builder_or_config_is_one_clear_line(tmp_path):
     proc = smoke_workdir.run(["-m", "tfds_builders", "build", *args, "--data_dir",
                               str(tmp_path)], timeout=120)
     assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- integrity: files changed after the build ------------------------------------
+
+
+def _copy(path, tmp_path) -> str:
+  """A copy of dataset `path` in the standard layout under tmp_path (to damage it)."""
+  config = os.path.basename(os.path.dirname(path))
+  dst = tmp_path / "synthetic_organs" / config / "1.0.0"
+  shutil.copytree(path, dst)
+  return str(dst)
+
+
+def _shard(path, split) -> str:
+  (name,) = [n for n in os.listdir(path) if n.startswith(f"synthetic_organs-{split}.")]
+  return os.path.join(path, name)
+
+
+@pytest.mark.parametrize("fault", ["truncate", "flip", "delete"])
+def test_a_data_file_changed_after_the_build_is_named_on_read(built, tmp_path, fault):
+  path = _copy(built["heart"], tmp_path)
+  shard = _shard(path, "train")
+  blob = pathlib.Path(shard).read_bytes()
+  if fault == "truncate":
+    pathlib.Path(shard).write_bytes(blob[:len(blob) // 2])
+    problem = f"{shard} changed since it was built ({len(blob) // 2} bytes, {len(blob)} when"
+  elif fault == "flip":  # same size: only the sha256 tells
+    pathlib.Path(shard).write_bytes(blob[:100] + bytes([blob[100] ^ 0xFF]) + blob[101:])
+    problem = f"{shard} changed since it was built (same size, other sha256"
+  else:
+    os.remove(shard)
+    problem = f"{shard} is missing"
+  with pytest.raises(DataError) as e:
+    datasets.read_examples(path, "train")
+  assert problem in str(e.value)
+  # A variant config (not registered): the command line cannot make it; run.py rebuilds it.
+  assert f"delete {path} and run again" in str(e.value)
+  if fault == "flip":  # only the shards read are hashed: the other split still reads
+    assert len(datasets.read_examples(path, "validation")) == 2
+    assert datasets.metadata(path)["normalization"] == "nnunet"
+  else:  # sizes are checked on every open
+    with pytest.raises(DataError, match="since it was built|is missing"):
+      datasets.metadata(path)
+
+
+def test_datasets_built_before_checksums_read_unchecked(built, tmp_path):
+  path = _copy(built["heart"], tmp_path)
+  os.remove(os.path.join(path, integrity.FILE))
+  assert len(datasets.read_examples(path, "train")) == 4
+  pathlib.Path(os.path.join(path, integrity.FILE)).write_text("{ not json")
+  with pytest.raises(DataError, match=f"{integrity.FILE} is unreadable"):
+    datasets.read_examples(path, "train")
+
+
+def test_registered_configs_record_their_rebuild_command():
+  heart = registry.resolve_config("synthetic_organs", "heart")
+  assert registry.rebuild_command("synthetic_organs", heart) == (
+      "python -m tfds_builders build synthetic_organs --config heart --overwrite")
+  assert registry.rebuild_command("synthetic_organs", _small("heart")) == ""

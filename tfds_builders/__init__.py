@@ -1,4 +1,4 @@
-"""TFDS builders of this project (msd, synthetic_organs), usable without TensorFlow.
+"""TFDS builders of this project (msd, nnunet, synthetic_organs), usable without TensorFlow.
 
 Build with `python -m tfds_builders build <builder> [--config NAME]
 [--manual_dir DIR] [--data_dir DIR]`; datasets land in the standard layout

@@ -16,7 +16,10 @@ same features, so nothing downstream cares where the data came from:
 
 Builds go to a temporary directory and are moved into place only when
 complete, so a failed or interrupted build leaves nothing half-written and a
-previously built version stays readable until the new one replaces it.
+previously built version stays readable until the new one replaces it. A
+complete build records the size and sha256 of each of its files
+(`integrity.json`, u2net_jax/data/integrity.py), which reads check, so a file
+changed or truncated later is named instead of read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import shutil
 import uuid
 
 import numpy as np
+
+from u2net_jax.data import integrity
 
 FEATURE_KEYS = ("image", "label", "has_label", "spacing", "original_spacing",
                 "original_shape", "affine", "crop_box", "case_id")
@@ -74,7 +79,7 @@ def decode_case_id(value) -> str:
 
 
 def build_atomically(builder_factory, data_dir: str, *, manual_dir: str | None = None,
-                     overwrite: bool = False) -> str:
+                     overwrite: bool = False, rebuild: str = "") -> str:
   """Builds `builder_factory(tmp_data_dir)` and moves the result into `data_dir`.
 
   Args:
@@ -83,6 +88,8 @@ def build_atomically(builder_factory, data_dir: str, *, manual_dir: str | None =
       `<data_dir>/<name>/<config>/<version>/`.
     manual_dir: passed to TFDS as the manual download dir.
     overwrite: rebuild even if that version already exists.
+    rebuild: the command line that rebuilds this dataset (less --data_dir),
+      quoted in the message of a read that finds a file changed ('' = none).
   Returns:
     The final dataset directory.
   """
@@ -98,6 +105,7 @@ def build_atomically(builder_factory, data_dir: str, *, manual_dir: str | None =
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=config)
     built = builder.data_dir
+    integrity.record(built, rebuild=rebuild)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     old = None
     if os.path.exists(final):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -43,10 +44,14 @@ class SyntheticConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "synthetic"        # 'synthetic' or 'msd'
-  tasks: str = "heart,liver,hippocampus,prostate,pancreas"  # comma-separated domains
+  source: str = "synthetic"        # default source of `tasks`: synthetic | msd | nnunet
+  # Comma-separated domains, each `[name=][source:]ref` (`task_entries`): 'heart,liver';
+  # 'heart,nnunet:/data/Dataset004_Hippocampus'; 'hip2=nnunet:Dataset004_Hippocampus'.
+  tasks: str = "heart,liver,hippocampus,prostate,pancreas"
   data_dir: str = "data/tfds"      # TFDS data_dir (built on first use)
-  manual_dir: str = ""             # MSD root holding TaskXX_Name folders
+  # msd: the root holding TaskXX_Name folders; nnunet: a DatasetXXX_Name folder or
+  # the nnUNet_raw folder holding them (relative nnunet refs are looked up there).
+  manual_dir: str = ""
   fold: int = 0                    # of a seeded 5-fold split
   num_shards: int = 0              # data shards (0 = one per process)
   patch_size: tuple[int, ...] = (32, 32, 32)  # voxels (D, H, W)
@@ -199,6 +204,58 @@ CHOICES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+  """One `data.tasks` entry, `[name=][source:]ref`, as written (nothing looked up).
+
+  Attributes:
+    name: the domain name given with `name=` ('' = the ref's: the task name for
+      synthetic/msd, the dataset folder's for nnunet, data/datasets.py).
+    source: one of options.SOURCES (`data.source` when the entry names none).
+    ref: synthetic/msd: a task ('heart'); nnunet: a DatasetXXX_Name folder
+      (absolute, or relative to data.manual_dir) or its name ('hippocampus').
+    text: the entry itself, for messages.
+  """
+  name: str
+  source: str
+  ref: str
+  text: str
+
+
+_ENTRY_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_SOURCE_PREFIX = re.compile(r"^[A-Za-z_]+$")
+
+
+def task_entries(tasks, default_source: str) -> tuple[TaskEntry, ...]:
+  """`data.tasks` ('a,b' text or a sequence) as entries; a bad one is a ConfigError naming it.
+
+  `heart` = (source default_source, ref 'heart'); `nnunet:/data/Dataset004_Hippocampus`
+  names its source; `hip=msd:hippocampus` also names the domain.
+  """
+  items = tasks.split(",") if isinstance(tasks, str) else [str(t) for t in tasks or ()]
+  items = [t.strip() for t in items if t.strip()]
+  if not items:
+    raise ConfigError("config.data.tasks is empty; name at least one domain.")
+  out = []
+  for text in items:
+    name, sep, rest = text.partition("=")
+    if not sep or not _ENTRY_NAME.match(name.strip()):
+      name, rest = "", text
+    prefix, sep, ref = rest.partition(":")
+    if sep and prefix.strip() in options.SOURCES:
+      source = prefix.strip()
+    elif sep and _SOURCE_PREFIX.match(prefix.strip()):
+      raise ConfigError(f"config.data.tasks entry {text!r}: {prefix.strip()!r} is not a data "
+                        f"source; use one of {options.SOURCES}, e.g. "
+                        "'nnunet:/data/nnUNet_raw/Dataset004_Hippocampus'.")
+    else:
+      source, ref = default_source, rest
+    if not ref.strip():
+      raise ConfigError(f"config.data.tasks entry {text!r} names no task or dataset.")
+    out.append(TaskEntry(name.strip(), source, ref.strip(), text))
+  return tuple(out)
+
+
 def parse(config) -> Config:
   """A ConfigDict / mapping (or a `Config`, returned as is) → a checked, frozen `Config`."""
   if isinstance(config, Config):
@@ -338,11 +395,15 @@ def _check(cfg: Config) -> None:
       raise ConfigError(f"train.{key} must be ≥ 0, got {getattr(t, key)}.")
   if not 0.0 < cfg.eval.overlap < 1.0 and cfg.eval.overlap != 0.0:
     raise ConfigError(f"eval.overlap must be in [0, 1), got {cfg.eval.overlap}.")
-  if cfg.eval.dice_grid == "original" and cfg.data.source != "msd":
-    # The original grid's reference is the source label file (data/reference.py).
-    raise ConfigError(f"eval.dice_grid='original' needs MSD data (data.source='msd', got "
-                      f"{cfg.data.source!r}): synthetic volumes have no source files; "
-                      "use eval.dice_grid='preprocessed'.")
+  # The original grid's reference is the MSD source label file of the task the
+  # domain is named after (data/reference.py): MSD entries, not renamed.
+  other = [e.text for e in task_entries(cfg.data.tasks, cfg.data.source)
+           if e.source != "msd" or e.name]
+  if cfg.eval.dice_grid == "original" and other:
+    raise ConfigError(f"eval.dice_grid='original' needs MSD data (data.source="
+                      f"{cfg.data.source!r}; config.data.tasks entries {other} are not plain "
+                      "MSD tasks): synthetic volumes have no source files; use "
+                      "eval.dice_grid='preprocessed'.")
   if cfg.extend.new_domains.strip() and not cfg.init_from:
     raise ConfigError(
         f"extend.new_domains={cfg.extend.new_domains!r} adds domains to a trained run: pass "

@@ -10,9 +10,9 @@ from u2net_jax import config as config_lib
 from u2net_jax import io
 from u2net_jax import domains as domains_lib
 from u2net_jax import options
-from u2net_jax.data import rescale
+from u2net_jax.data import datasets, rescale
 from u2net_jax.domains import DomainSpec
-from u2net_jax.errors import ConfigError
+from u2net_jax.errors import ConfigError, DataError
 from u2net_jax.model import models
 
 SOURCES = options.SOURCES
@@ -40,18 +40,8 @@ def domain_weights(config, specs) -> list[float] | None:
 
 
 def task_names(config) -> list[str]:
-  """`config.data.tasks` ('a,b' string or a sequence) as a list of names."""
-  tasks = config.data.tasks
-  if isinstance(tasks, str):
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-  else:
-    names = [str(t) for t in tasks]
-  if not names:
-    raise ConfigError("config.data.tasks is empty; name at least one domain.")
-  dup = sorted({n for n in names if names.count(n) > 1})
-  if dup:
-    raise ConfigError(f"config.data.tasks lists {dup} more than once.")
-  return names
+  """The domain names of `config.data.tasks` (entries `[name=][source:]ref`), in order."""
+  return [t.name for t in datasets.tasks(config)]
 
 
 def _synthetic_specs() -> dict[str, DomainSpec]:
@@ -63,10 +53,13 @@ def _synthetic_specs() -> dict[str, DomainSpec]:
 
 
 def available_domains(source: str) -> dict[str, DomainSpec]:
+  """The named domains of `source` (nnunet has none: its domains are dataset folders)."""
   if source == "synthetic":
     return _synthetic_specs()
   if source == "msd":
     return dict(domains_lib.MSD_DOMAINS)
+  if source == "nnunet":
+    return {}
   raise ConfigError(f"config.data.source {source!r} is not one of {SOURCES}.")
 
 
@@ -84,17 +77,29 @@ def patch_size(config) -> tuple[int, int, int]:
 
 
 def resolve_domains(config) -> tuple[DomainSpec, ...]:
-  """The DomainSpecs named by `config.data.tasks`, with the config's patch size."""
-  known = available_domains(config.data.source)
+  """The DomainSpecs named by `config.data.tasks`, with the config's patch size.
+
+  synthetic / msd domains are known by name; an nnU-Net domain's channels,
+  classes, modality and spacing come from its dataset (`datasets.nnunet_spec_fields`).
+  """
   patch = patch_size(config)
   specs = []
-  for name in task_names(config):
-    if name not in known:
+  for t in datasets.tasks(config):
+    if t.source == "nnunet":
+      try:
+        f = datasets.nnunet_spec_fields(config, t.ref)
+      except DataError as e:
+        raise DataError(f"Domain {t.name!r} of config.data.tasks: {e}") from None
+      specs.append(DomainSpec(t.name, f["channel_names"], f["class_names"], f["modality"],
+                              f["spacing"], patch))
+      continue
+    known = available_domains(t.source)
+    if t.ref not in known:
       raise ConfigError(
-          f"Unknown domain {name!r} in config.data.tasks for source "
-          f"{config.data.source!r}; known: {sorted(known)}.")
-    d = known[name]
-    specs.append(DomainSpec(d.name, d.channel_names, d.class_names, d.modality,
+          f"Unknown domain {t.ref!r} in config.data.tasks for source "
+          f"{t.source!r}; known: {sorted(known)}.")
+    d = known[t.ref]
+    specs.append(DomainSpec(t.name, d.channel_names, d.class_names, d.modality,
                             d.spacing, patch))
   return tuple(specs)
 
@@ -124,7 +129,7 @@ def validate(config, *, needs_data: bool = False) -> tuple[DomainSpec, ...]:
   cfg = config_lib.parse(config)
   rescale.source_patches(cfg)  # data.source_patch: 'domain:DxHxW,...'
   specs = resolve_domains(cfg)
-  if needs_data and cfg.data.source == "msd":
+  if needs_data and any(t.source == "msd" for t in datasets.tasks(cfg)):
     if not cfg.data.manual_dir:
       raise ConfigError(
           "The msd preset reads MSD data: pass --config.data.manual_dir=/path/to/MSD "

@@ -11,8 +11,9 @@ LOSS_KINDS = ("lovasz_focal", "ce", "focal", "lovasz", "dice", "dice_ce")
 DOMAIN_UPDATES = ("isolated", "official")
 # train.update_scaling (train/optim.py): scale-aware kernel updates.
 UPDATE_SCALINGS = ("none", "param_rms", "trust_ratio")
-# data.source / data.normalization (data/preprocess.py).
-SOURCES = ("synthetic", "msd")
+# data.source (data/datasets.py; also a `source:` prefix of a data.tasks entry) /
+# data.normalization (data/preprocess.py).
+SOURCES = ("synthetic", "msd", "nnunet")
 NORMALIZATIONS = ("nnunet", "official")
 # model.* (model/layers.py, model/depthwise.py, model/dense.py).
 MODES = ("separable", "independent", "shared", "series_adapter", "parallel_adapter")

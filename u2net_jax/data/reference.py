@@ -46,6 +46,7 @@ def msd_reference(manual_dir: str, task_name: str, *, merge_labels=None) -> Refe
     label, label values not in dataset.json, or a shape that differs.
   """
   # Lazy: TFDS is imported only when MSD data is used (as in datasets.py).
+  from tfds_builders import volumes  # pylint: disable=g-import-not-at-top
   from tfds_builders.msd import msd  # pylint: disable=g-import-not-at-top
 
   cfg = msd.task_config(task_name, merge_labels=merge_labels)
@@ -53,7 +54,7 @@ def msd_reference(manual_dir: str, task_name: str, *, merge_labels=None) -> Refe
       str(manual_dir), cfg.task_folder)
   # The builder's own parser: the same folder rule, label paths and checks.
   task = msd._read_task(folder, cfg)  # pylint: disable=protected-access
-  lut, _ = msd._label_map(task, cfg.merge_labels)  # pylint: disable=protected-access
+  lut, _ = volumes.label_map(task, cfg.merge_labels)
   paths = {c.case_id: c.label_path for c in task.training}
   known = np.zeros(lut.size, bool)
   known[sorted(task.label_names)] = True
@@ -77,7 +78,7 @@ def msd_reference(manual_dir: str, task_name: str, *, merge_labels=None) -> Refe
       raise DataError(f"{path}: label shape {label.shape} (D, H, W) differs from the stored "
                       f"original_shape {expected} of case {case_id!r}: was the dataset built "
                       f"from another copy of {folder}?")
-    # Values the build would have refused (msd._load_case) have no lut entry. Those
+    # Values the build would have refused (volumes.load_case) have no lut entry. Those
     # past the lut are found apart: a bincount up to them could be huge.
     beyond = label >= lut.size
     if beyond.any():
