@@ -22,8 +22,10 @@
 # DEVICE_CHECK_IMPLS=lax runs the same flow on CPU. Other knobs:
 # DEVICE_CHECK_TIMEOUT_SCALE (multiplies every timeout; default 1),
 # DEVICE_CHECK_TRAIN_STEPS (default: the smoke preset's 6), DEVICE_CHECK_DATA_DIR
-# (TFDS data_dir; default a fresh temp folder), PYTHON (default .venv/bin/python
-# if present, else python).
+# (TFDS data_dir; default a fresh temp folder), DEVICE_CHECK_WORKDIR (the smoke
+# run's workdir; default a fresh temp folder — one that already holds a finished
+# run of as many steps is resumed: it only evaluates, as the tests do to avoid
+# training it twice), PYTHON (default .venv/bin/python if present, else python).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -42,7 +44,7 @@ T_EXPORT=$((50 * SCALE)); T_RELOAD=$((30 * SCALE))
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
 PARTS=$TMP/parts
 mkdir -p "$PARTS" "$(dirname "$OUT")"
-WORKDIR=$TMP/smoke_work
+WORKDIR=${DEVICE_CHECK_WORKDIR:-$TMP/smoke_work}
 DATA_DIR=${DEVICE_CHECK_DATA_DIR:-$TMP/tfds}
 T0=$(date +%s)
 # Room for the 128³ train step: JAX on GPU preallocates 75 % by default.

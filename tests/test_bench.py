@@ -18,7 +18,10 @@ from benchmarks import bench  # pylint: disable=g-import-not-at-top,wrong-import
 def test_smoke_preset_prints_one_json_object_with_every_key(tmp_path):
   out = tmp_path / "bench.json"
   proc = smoke_workdir.run(
-      ["benchmarks/bench.py", "--preset=smoke", "--steps=2", "--warmup=1", f"--out={out}"],
+      # --impl=lax: the device check's bench part below runs the same programs
+      # (compiled once for the session: the persistent compilation cache).
+      ["benchmarks/bench.py", "--preset=smoke", "--impl=lax", "--steps=2", "--warmup=1",
+       f"--out={out}"],
       env={"JAX_NUM_CPU_DEVICES": "1"}, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
@@ -160,11 +163,18 @@ def test_device_check_runs_on_cpu_and_writes_one_json(tmp_path, tmp_path_factory
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   from benchmarks import device_check_collect  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   out = tmp_path / "device_check.json"
+  # The session's trained smoke run (2 steps), copied: the train part resumes
+  # it and only evaluates (no second training of the same run); the export and
+  # reload parts write into the copy.
+  trained, data_dir = smoke_workdir.trained(tmp_path_factory)
+  workdir = tmp_path / "smoke_work"
+  shutil.copytree(trained, workdir)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
              DEVICE_CHECK_ALLOW_CPU="1", DEVICE_CHECK_PRESET="smoke", DEVICE_CHECK_IMPLS="lax",
              DEVICE_CHECK_TIMEOUT_SCALE="10", DEVICE_CHECK_TRAIN_STEPS="2",
-             DEVICE_CHECK_DATA_DIR=smoke_workdir.data_dir(tmp_path_factory),
+             DEVICE_CHECK_DATA_DIR=data_dir, DEVICE_CHECK_WORKDIR=str(workdir),
              PYTHON=sys.executable, TMPDIR=str(tmp_path))
   proc = subprocess.run(["bash", "benchmarks/device_check.sh", str(out)], cwd=smoke_workdir.ROOT,
                         env=env, capture_output=True, text=True, timeout=1500)

@@ -24,6 +24,7 @@ changed or truncated later is named instead of read.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -96,9 +97,28 @@ def build_atomically(builder_factory, data_dir: str, *, manual_dir: str | None =
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
   final = builder_factory(data_dir).data_dir
-  if os.path.isdir(final) and os.path.exists(os.path.join(final, "dataset_info.json")) \
-      and not overwrite:
+  if _complete(final) and not overwrite:
     return final
+  # Two runs that find the dataset missing at once (two jobs, two test
+  # workers) must not both build and swap it in: the second swap would delete
+  # the folder the first one is reading. One builds; the other waits, then
+  # finds it complete.
+  os.makedirs(os.path.dirname(final), exist_ok=True)
+  lock_path = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.build-lock")
+  with open(lock_path, "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if _complete(final) and not overwrite:
+      return final
+    return _build(builder_factory, data_dir, final, manual_dir, rebuild)
+
+
+def _complete(final: str) -> bool:
+  return os.path.isdir(final) and os.path.exists(os.path.join(final, "dataset_info.json"))
+
+
+def _build(builder_factory, data_dir: str, final: str, manual_dir, rebuild: str) -> str:
+  """The build of `build_atomically`, under its lock: temp folder, then a swap."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tmp_root = os.path.join(data_dir, f".tmp-build-{uuid.uuid4().hex[:8]}")
   try:
     builder = builder_factory(tmp_root)

@@ -1,0 +1,56 @@
+"""tfds_builders/common.build_atomically under concurrency: one build, every caller served."""
+
+import json
+import os
+import threading
+import time
+
+from tfds_builders import common
+
+
+class _SlowBuilder:
+  """Stands in for a TFDS builder: writes a tiny dataset slowly, counts its builds."""
+
+  builds = 0
+  lock = threading.Lock()
+
+  def __init__(self, data_dir):
+    self.data_dir = os.path.join(data_dir, "fake", "cfg", "1.0.0")
+
+  def download_and_prepare(self, download_config=None):
+    del download_config
+    with _SlowBuilder.lock:
+      _SlowBuilder.builds += 1
+    os.makedirs(self.data_dir)
+    time.sleep(0.5)  # long enough for the other callers to find it missing
+    for name in ("dataset_info.json", "features.json"):
+      with open(os.path.join(self.data_dir, name), "w") as f:
+        json.dump({"name": name}, f)
+
+
+def test_concurrent_first_builds_build_once_and_all_get_the_dataset(tmp_path):
+  # Two jobs (or two test workers) that find a dataset missing at the same
+  # time: without the build lock both build, and the second one's swap deletes
+  # the folder the first is already reading.
+  _SlowBuilder.builds = 0
+  results, errors = [], []
+
+  def build():
+    try:
+      results.append(common.build_atomically(_SlowBuilder, str(tmp_path)))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=build) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  assert not errors and len(results) == 3
+  assert _SlowBuilder.builds == 1
+  final = str(tmp_path / "fake" / "cfg" / "1.0.0")
+  assert set(results) == {final}
+  assert sorted(os.listdir(final)) == ["dataset_info.json", "features.json", "integrity.json"]
+  # No temporary folder is left, and the lock file is hidden beside the version.
+  assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-build")] == []
+  assert sorted(os.listdir(tmp_path / "fake" / "cfg")) == [".1.0.0.build-lock", "1.0.0"]
