@@ -15,6 +15,7 @@ from tfds_builders.synthetic_organs import synthetic_organs
 from u2net_jax.data import datasets, integrity
 from u2net_jax.errors import DataError
 
+VERSION = str(synthetic_organs.SyntheticOrgans.VERSION)
 
 
 def _small(domain, **kw):
@@ -31,7 +32,7 @@ def built(tmp_path_factory):
 
 def test_layout_counts_and_features(built):
   path = built["prostate"]
-  assert path.endswith(os.path.join("synthetic_organs", "prostate_small", "1.0.0"))
+  assert path.endswith(os.path.join("synthetic_organs", "prostate_small", VERSION))
   builder = tfds.builder_from_directory(path)
   assert builder.info.splits["train"].num_examples == 4
   assert builder.info.splits["validation"].num_examples == 2
@@ -49,6 +50,8 @@ def test_metadata_records_difficulty_and_normalization(built):
   for path in built.values():
     md = datasets.metadata(path)
     assert 0.0 <= md["threshold_baseline_dice"] < 0.6
+    assert 0.0 <= md["window_baseline_dice"] < 0.5
+    assert 0.0 <= md["window_baseline_dice_raw"] < 0.5
     assert md["normalization"] == "nnunet" and md["class_names"][0] == "background"
   ex = datasets.read_examples(built["heart"], "train")
   # MRI: per-image z-score.
@@ -90,7 +93,7 @@ def test_command_line_builds_without_tensorflow(tmp_path):
   proc = smoke_workdir.run(["-c", code], timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "built synthetic_organs/hippocampus" in proc.stdout
-  assert os.path.exists(tmp_path / "synthetic_organs" / "hippocampus" / "1.0.0" /
+  assert os.path.exists(tmp_path / "synthetic_organs" / "hippocampus" / VERSION /
                         "dataset_info.json")
 
 
@@ -109,7 +112,7 @@ def test_unknown_builder_or_config_is_one_clear_line(tmp_path):
 def _copy(path, tmp_path) -> str:
   """A copy of dataset `path` in the standard layout under tmp_path (to damage it)."""
   config = os.path.basename(os.path.dirname(path))
-  dst = tmp_path / "synthetic_organs" / config / "1.0.0"
+  dst = tmp_path / "synthetic_organs" / config / VERSION
   shutil.copytree(path, dst)
   return str(dst)
 

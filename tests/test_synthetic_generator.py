@@ -1,7 +1,8 @@
 """Tests of the seeded synthetic organ generator (tfds_builders.synthetic_organs).
 
-The difficulty contract is checked on 12 train / 6 validation cases per
-domain (the benchmark default is 24 / 8) to keep the whole file under ~60 s.
+The difficulty contract (best intensity threshold < 0.6, best intensity window
+< 0.5 validation Dice) is checked on 12 train / 6 validation cases per domain
+(the benchmark default is 24 / 8) to keep the whole file under ~60 s.
 """
 
 import numpy as np
@@ -154,6 +155,23 @@ def test_threshold_baseline_finds_an_easy_threshold():
   assert dice > 0.98
 
 
+def test_window_baseline_finds_an_easy_window():
+  """On data that a band of intensities segments (and no threshold does), the window
+  baseline scores ~1."""
+  rng = np.random.default_rng(0)
+
+  def case():
+    lab = np.zeros((16, 16, 16), np.uint8)
+    lab[4:10, 4:12, 5:11] = 1
+    img = rng.normal(0, 0.1, lab.shape).astype(np.float32)
+    img += np.where(lab == 1, 0.0, np.where(np.arange(16)[None, None] < 8, -2.0, 2.0))
+    return {"image": img[..., None], "label": lab}
+
+  train, val = [case() for _ in range(3)], [case() for _ in range(2)]
+  assert gen.window_baseline_dice(train, val, 2) > 0.98
+  assert gen.threshold_baseline_dice(train, val, 2) < 0.8
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_difficulty_single_threshold_fails(cases, name):
   """Best global intensity threshold (any channel/direction) stays < 0.6 Dice."""
@@ -162,6 +180,22 @@ def test_difficulty_single_threshold_fails(cases, name):
   assert gen.threshold_baseline_dice(train, val, k) < 0.6
   # Also after per-case z-scoring, as MRI pipelines normalize.
   assert gen.threshold_baseline_dice(train, val, k, normalize=True) < 0.6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_difficulty_intensity_window_fails(cases, name):
+  """Best global intensity window lo <= x < hi (any channel) stays < 0.5 Dice."""
+  train, val = cases[name]
+  k = gen.DOMAINS[name].num_classes
+  assert gen.window_baseline_dice(train, val, k) < 0.5
+  assert gen.window_baseline_dice(train, val, k, normalize=True) < 0.5
+
+
+def test_liver_density_varies_between_cases(cases):
+  """Contrast phase and steatosis (synthetic_organs/liver.py): the liver's median HU
+  spans a wide band across cases, which is what defeats an intensity window."""
+  med = [float(np.median(c["image"][..., 0][c["label"] == 1])) for c in cases["liver"][0]]
+  assert np.ptp(med) > 50, med
 
 
 # -- Learnability evidence without JAX: local context beats a threshold. ------

@@ -3,7 +3,9 @@
 An upper abdomen in the portal-venous phase: the trunk and non-target anatomy
 (abdomen_anatomy.py), then the solid organs painted here (spleen, liver with
 its vessel tree and gallbladder, pancreas with its vessels and duodenum). The
-domain's organ is label 1, every other structure is background.
+domain's organ is label 1, every other structure is background. Liver cases
+add the steps of liver.py (contrast phase, steatosis, liver-like spleen,
+density drift, thicker wall muscles), so intensity does not identify the liver.
 `build_abdomen` runs the steps in a fixed order: the random draws, hence the
 cases, depend on it.
 """
@@ -16,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from tfds_builders.synthetic_organs import abdomen_anatomy as anatomy
+from tfds_builders.synthetic_organs import liver
 from tfds_builders.synthetic_organs.abdomen_anatomy import Body, Hu, Spine
 from tfds_builders.synthetic_organs.canvas import Canvas, uniform
 from tfds_builders.synthetic_organs.finishing import ct_scanner
@@ -52,7 +55,12 @@ def build_abdomen(cv: Canvas, target: str) -> None:
   lab = {k: (1 if k == target else 0) for k in ("liver", "pancreas", "spleen")}
   zs = -ABDOMEN_Z[target] + uniform(rng, -5, 5)   # phantom z -> scene z
   hu = anatomy.tissue_hu(rng)
+  look = None
+  if target == "liver":   # what keeps density from identifying the liver: liver.py
+    hu, look = liver.draw_look(rng, hu)
   body = anatomy.paint_body(cv, hu, zs)
+  if look is not None:
+    body = liver.thicken_wall(cv, hu, body)
   spine = anatomy.paint_spine(cv, hu, body)
   anatomy.paint_ribs(cv, body)
   anatomy.paint_bowel(cv, hu, body)
@@ -65,7 +73,7 @@ def build_abdomen(cv: Canvas, target: str) -> None:
   _paint_peripancreatic(cv, hu, body, line, ao_y, ao_x)
   _paint_organ(cv, hu, body, spl, lambda sl: [hu.spleen + 3.0 * cv.noise(sl, 2.0)],
                lab["spleen"])
-  _paint_liver(cv, hu, body, lab["liver"])
+  _paint_liver(cv, hu, body, lab["liver"], look)
   # Pancreas last: nothing may cut the thin organ into pieces.
   _paint_pancreas(cv, hu, body, line, lab["pancreas"])
   ct_scanner(cv)
@@ -157,8 +165,12 @@ def _paint_organ(cv: Canvas, hu: Hu, body: Body, res, values: Callable, label: i
   return sl, d
 
 
-def _paint_liver(cv: Canvas, hu: Hu, body: Body, label: int) -> None:
-  """Liver (right upper) with its vessel tree, and the gallbladder under it."""
+def _paint_liver(cv: Canvas, hu: Hu, body: Body, label: int,
+                 look: liver.LiverLook | None) -> None:
+  """Liver (right upper) with its vessel tree, and the gallbladder under it.
+
+  look: the liver domain's case appearance (liver.py), or None (other domains).
+  """
   rng = cv.rng
   zs, y0, x0 = body.zs, body.y0, body.x0
   lc = np.array([zs + uniform(rng, -4, 4), y0 + uniform(rng, 0, 8), x0 + uniform(rng, 17, 23)])
@@ -168,14 +180,15 @@ def _paint_liver(cv: Canvas, hu: Hu, body: Body, label: int) -> None:
   l_shape.lin = (l_shape.lin[0] - 0.08, l_shape.lin[1], l_shape.lin[2] + 0.12)
   lres = _paint_organ(
       cv, hu, body, blob(cv, lc, l_semi, l_rot, l_shape, Warp.random(rng, 2.0, 50.0), pad_mm=4.0),
-      lambda sl: [hu.liver + 7.0 * cv.noise(sl, 2.5) + 4.0 * cv.noise(sl, 1.0)], label)
+      lambda sl: [hu.liver + 7.0 * cv.noise(sl, 2.5) + 4.0 * cv.noise(sl, 1.0) if look is None
+                  else look.parenchyma(cv, hu, sl)], label)
   if lres:
-    _paint_liver_vessels(cv, hu, lc, l_semi, lres, label)
+    _paint_liver_vessels(cv, hu, lc, l_semi, lres, label, look)
     _paint_gallbladder(cv, hu, lc, l_semi)
 
 
 def _paint_liver_vessels(cv: Canvas, hu: Hu, lc: np.ndarray, l_semi: np.ndarray, lres,
-                         label: int) -> None:
+                         label: int, look: liver.LiverLook | None) -> None:
   """Portal / hepatic vessel tree, part of the liver label (as in MSD).
 
   Args:
@@ -185,7 +198,8 @@ def _paint_liver_vessels(cv: Canvas, hu: Hu, lc: np.ndarray, l_semi: np.ndarray,
   rng = cv.rng
   lsl, ld = lres
   hilum = lc + np.array([-0.3 * l_semi[0], -0.25 * l_semi[1], -0.35 * l_semi[2]])
-  v_hu = hu.liver + uniform(rng, 45, 75)
+  v_off = uniform(rng, 45, 75)
+  v_hu = hu.liver + v_off if look is None else look.vessel_hu(v_off)
   for _ in range(int(rng.integers(7, 11))):
     dirv = rng.normal(0, 1, 3) * np.array([0.8, 0.8, 1.0]) + np.array([0.3, 0.2, 0.6])
     dirv /= np.linalg.norm(dirv)

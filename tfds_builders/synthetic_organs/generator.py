@@ -2,8 +2,9 @@ r"""Seeded synthetic 3D medical volumes mimicking the 3D U²-Net MSD domains.
 
 Modules: domains (specs, scene registry, seeds), canvas (painter's canvas,
 noise), shapes (signed-distance shapes), finishing (scanner blur/bias/noise),
-heart / hippocampus / prostate / abdomen + abdomen_anatomy (one scene each),
-baseline (threshold difficulty check); this module: the public API.
+heart / hippocampus / prostate / abdomen (one scene each; abdomen_anatomy and
+liver hold parts of the abdomen), baseline (threshold / window difficulty
+checks); this module: the public API.
 
 Six domains stand in for the Medical Segmentation Decathlon tasks of the
 3D U²-Net paper (heart, liver, hippocampus, prostate, pancreas) plus spleen,
@@ -28,9 +29,10 @@ How a case is made (painter's algorithm, see `canvas.Canvas`):
     (finishing.py).
   * Every target has distractors of overlapping intensity (other organs,
     vessels, bowel, grey matter, blood pools) but differs from them in shape,
-    texture, wall/rim or neighbourhood, so a global intensity threshold fails
-    (`threshold_baseline_dice` < 0.6, baseline.py) while a small 3D CNN can
-    learn it (the scene modules).
+    texture, wall/rim or neighbourhood, so a global intensity threshold or
+    window fails (`threshold_baseline_dice` < 0.6, `window_baseline_dice` <
+    0.5, baseline.py) while a small 3D CNN can learn it (the scene modules;
+    liver.py: what keeps the liver's density from identifying it).
 
 Geometry conventions:
   * Arrays are (D, H, W) = (z, y, x); images are (D, H, W, C) float32.
@@ -52,7 +54,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from tfds_builders.synthetic_organs.baseline import threshold_baseline_dice
+from tfds_builders.synthetic_organs.baseline import threshold_baseline_dice, window_baseline_dice
 from tfds_builders.synthetic_organs.canvas import Canvas
 from tfds_builders.synthetic_organs.domains import (DOMAINS, FILLS, SCENES, SPLITS,
                                                     SyntheticDomain, case_seed, get_domain)
@@ -60,7 +62,7 @@ from tfds_builders.synthetic_organs.domains import (DOMAINS, FILLS, SCENES, SPLI
 # Names defined in domains.py and baseline.py are re-exported: callers use `generator.<name>`.
 __all__ = [
     "DOMAINS", "SPLITS", "SyntheticDomain", "case_seed", "generate_case",
-    "generate_split", "get_domain", "threshold_baseline_dice",
+    "generate_split", "get_domain", "threshold_baseline_dice", "window_baseline_dice",
 ]
 
 

@@ -8,9 +8,10 @@ stored examples have exactly the MSD builder's features.
 
 Dataset info metadata: `threshold_baseline_dice` (validation Dice of the best
 single intensity threshold chosen on the training cases, on the stored
-normalized images; < 0.6 by contract), `threshold_baseline_dice_raw` (same on
-raw intensities), `ct_stats`, `class_names`, `channel_names`, `modality`,
-`target_spacing`, `normalization`.
+normalized images; < 0.6 by contract), `window_baseline_dice` (same for the
+best intensity window lo <= x < hi; < 0.5 by contract), `threshold_baseline_dice_raw`
+and `window_baseline_dice_raw` (the same on raw intensities), `ct_stats`,
+`class_names`, `channel_names`, `modality`, `target_spacing`, `normalization`.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def _nifti_affine(dhw_affine: np.ndarray) -> np.ndarray:
 class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
   """Seeded synthetic organ volumes mimicking the MSD domains."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Liver cases no longer solved by an intensity window (contrast "
+                            "phase, steatosis, liver-like spleen, thick wall muscle); "
+                            "window_baseline_dice metadata. Other domains unchanged."}
   BUILDER_CONFIGS = [make_config(name) for name in generator.DOMAINS]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -95,6 +99,10 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
     md["threshold_baseline_dice"] = float(generator.threshold_baseline_dice(
         examples["train"], examples["validation"], n))
     md["threshold_baseline_dice_raw"] = float(generator.threshold_baseline_dice(
+        raw["train"], raw["validation"], n))
+    md["window_baseline_dice"] = float(generator.window_baseline_dice(
+        examples["train"], examples["validation"], n))
+    md["window_baseline_dice_raw"] = float(generator.window_baseline_dice(
         raw["train"], raw["validation"], n))
     md["ct_stats"] = None if stats is None else {k: float(v) for k, v in stats.items()}
     md["class_names"] = list(dom.class_names)
