@@ -7,6 +7,7 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
 """
 
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -78,9 +79,10 @@ def main(argv):
   # Imported here so `--help` stays fast.
   from u2net_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from u2net_jax import config_utils, param_table  # pylint: disable=g-import-not-at-top
-  from u2net_jax.train import train  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import peers, train  # pylint: disable=g-import-not-at-top
   from u2net_jax.infer import export, model_source, predict  # pylint: disable=g-import-not-at-top
   from u2net_jax.errors import U2NetError  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.config is None:
       if FLAGS.mode == "train" or not FLAGS.workdir:
@@ -108,8 +110,14 @@ def main(argv):
     elif FLAGS.mode == "export":
       export.run(config, workdir, domain=FLAGS.domain, postprocess_mode=FLAGS.postprocess)
   except U2NetError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    # sys.exit, or os._exit in a multi-process run (no wait for peers that may be dead).
+    peers.exit_process(2, str(e))
+  except Exception:  # pylint: disable=broad-except
+    if not jax.distributed.is_initialized():
+      raise
+    # Multi-process: the traceback, then out without JAX's shutdown barrier (as above).
+    traceback.print_exc()
+    peers.exit_process(1)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ predict, export, notebook, reliability and extend tests (read only; copy it
 to change it): the first module that asks trains it (the
 real command line, 2 steps: ~45 s on 2 cores); later modules of the same
 pytest session find it under the session's base temp folder and reuse it.
+`two_process_run` is the same for an uninterrupted 2-process run (the
+distributed and the cluster-fault tests).
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -60,3 +63,34 @@ def trained(tmp_path_factory) -> tuple[str, str]:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     done.write_text("ok")
   return workdir, data_dir
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def distributed_flags(port: int, process_id: int, num_processes: int = 2) -> list[str]:
+  """run.py flags of process `process_id` of a jax.distributed run on this host."""
+  return ["--config.distributed.enabled=True",
+          f"--config.distributed.coordinator_address=localhost:{port}",
+          f"--config.distributed.num_processes={num_processes}",
+          f"--config.distributed.process_id={process_id}"]
+
+
+def two_process_run(tmp_path_factory) -> str:
+  """Workdir of an uninterrupted smoke run of 2 steps by 2 processes × 1 CPU device."""
+  root = tmp_path_factory.getbasetemp() / "smoke_two_process"
+  workdir = str(root / "work")
+  done = root / "DONE"
+  if not done.exists():
+    port = free_port()
+    procs = [cli("--config=experiments/five_domain.py:smoke", f"--workdir={workdir}",
+                 f"--config.data.data_dir={data_dir(tmp_path_factory)}",
+                 "--config.train.steps=2", *distributed_flags(port, i),
+                 env={"JAX_NUM_CPU_DEVICES": "1"}, wait=False) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    done.write_text("ok")
+  return workdir

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import time
 
 import jax
@@ -261,30 +260,16 @@ def test_eight_device_checkpoint_restores_and_resumes_on_one_device(reference_ru
   assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_process_distributed_run_agrees_with_one_process(tmp_path, data_dir, cache_dir):
+def test_two_process_distributed_run_agrees_with_one_process(tmp_path, tmp_path_factory,
+                                                             data_dir, cache_dir):
   config = smoke(data_dir)
   single = str(tmp_path / "single")
   # Two data shards in one process = one shard in each of two processes.
   proc = run_cli(single, data_dir, cache_dir, "--config.train.steps=2",
                  "--config.data.num_shards=2", env={"JAX_NUM_CPU_DEVICES": "2"})
   assert proc.returncode == 0, proc.stdout[-3000:]
-  multi = str(tmp_path / "multi")
-  port = _free_port()
-  procs = [run_cli(multi, data_dir, cache_dir, "--config.train.steps=2",
-                   "--config.distributed.enabled=True",
-                   f"--config.distributed.coordinator_address=localhost:{port}",
-                   "--config.distributed.num_processes=2",
-                   f"--config.distributed.process_id={i}",
-                   env={"JAX_NUM_CPU_DEVICES": "1"}, wait=False) for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+  multi = smoke_workdir.two_process_run(tmp_path_factory)  # 2 steps, 2 processes
   _, a = final_params(config, single)
   _, b = final_params(config, multi)
   assert_trees_equal(a, b, rtol=2e-4, atol=2e-5)

@@ -124,6 +124,9 @@ class TrainConfig:
   nan_policy: str = "stop"         # or 'skip'
   log_every: int = 50
   eval_every: int = 0              # 0 = only at the end
+  # At each evaluation, TensorBoard gets one picture per domain (`images/<domain>`:
+  # orthogonal slices of the first validation case, label and prediction overlays).
+  tb_images: bool = True
   checkpoint_every: int = 250
   max_to_keep: int = 2
   data_threads: int = 2
@@ -149,6 +152,8 @@ class DistributedConfig:
   num_processes: int = 1
   process_id: int = 0
   cpu_collectives: str = ""        # 'gloo' for multi-process CPU runs
+  heartbeat_timeout_seconds: int = 100  # a process silent this long counts as dead (JAX)
+  step_timeout_seconds: float = 1800.0  # a step/save outlasting this ends the run, exit 2; 0: off
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,17 @@ class MetricLogger:
         if not isinstance(v, str):
           self._tb.add_scalar(k, float(v), int(step))
 
+  @property
+  def has_tensorboard(self) -> bool:
+    """Whether this process writes TensorBoard events (process 0, tensorboardX installed)."""
+    return self._tb is not None
+
+  def image(self, step: int, tag: str, image) -> None:
+    """One RGB picture, (H, W, 3) uint8, under `tag` in TensorBoard (no metrics.jsonl record)."""
+    if self._tb is not None:
+      self._tb.add_image(tag, image, int(step), dataformats="HWC")
+      self._tb.flush()
+
   def close(self) -> None:
     if self._jsonl:
       self._jsonl.close()

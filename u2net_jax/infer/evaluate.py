@@ -89,10 +89,14 @@ def to_original_grid(pred: np.ndarray, example: dict, reference: Callable,
 
 def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: DomainSpec, patch,
                     eval_cfg, *, channels: int | None = None, source_patch=None,
-                    reference: Callable | None = None) -> dict:
+                    reference: Callable | None = None,
+                    on_prediction: Callable | None = None) -> dict:
   """Metrics of one domain over labelled `examples` (dicts: image, label, spacing, case_id).
 
   `source_patch`: see `predict_volume`.
+  `on_prediction`: None, or called as (example, prediction) for each case, with
+  the (D, H, W) uint8 labels on the preprocessed grid (post-processed, if
+  `eval.postprocess` says so): e.g. for pictures, without predicting twice.
   `reference`: None = score on the preprocessed grid; else example -> (label
   uint8 (D, H, W), spacing mm (z, y, x)) on the source grid, and the metrics are
   computed there (`to_original_grid`; examples then need GEOMETRY_KEYS).
@@ -107,6 +111,8 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
                           source_patch=source_patch)
     if eval_cfg.postprocess == "official":
       pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
+    if on_prediction is not None:
+      on_prediction(ex, pred)
     if reference is None:
       label = np.asarray(ex["label"])
       spacing = tuple(float(s) for s in ex["spacing"])

@@ -21,18 +21,34 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
 from u2net_jax.data import preprocess
 from u2net_jax.data.plans import DomainPlan
-from u2net_jax.errors import ConfigError, InputError
+from u2net_jax.errors import ConfigError, InputError, U2NetError
 from u2net_jax.infer import inputs, model_source, outputs, postprocess
 from u2net_jax.infer.model_source import (  # noqa: F401 (predict.from_params, ...)
     from_params, from_workdir, resolve_domain)
 from u2net_jax.infer.predictor import Predictor  # noqa: F401 (predict.Predictor)
 
 POSTPROCESS_MODES = ("auto", "on", "off")
+
+
+class CasesFailed(U2NetError):
+  """Some cases of a predict run failed; every other case was written.
+
+  Attributes:
+    done: the written cases' infos (`predict_cases`).
+    failed: (case id, reason) of each failed case.
+  """
+
+  def __init__(self, done: list[dict], failed: list[tuple[str, str]]):
+    self.done, self.failed = done, failed
+    total = len(done) + len(failed)
+    super().__init__(f"{len(failed)} of {total} case(s) failed, the other {len(done)} were "
+                     "written: " + "; ".join(f"{c}: {r}" for c, r in failed))
 
 
 # ----------------------------------------------------------------------------
@@ -206,45 +222,70 @@ def plan_cases(input_path: str, output: str, plan: DomainPlan):
   return cases, metas, inputs.output_paths(cases, input_path, output)
 
 
-def predict_cases(predictor: Predictor, cases, label_paths, *, postprocess_mode: str = "auto",
-                  save_probabilities: bool = False, progress: bool = True, log=print) -> list[dict]:
-  """Predicts `cases` (from `plan_cases`) and writes their outputs; returns per-case info."""
-  classes = lcc_classes(predictor, postprocess_mode)
-  names = [predictor.plan.class_names[c] for c in classes]
-  log(f"{predictor.plan.name}: {len(cases)} case(s); largest-component filter on "
-      f"{names or 'no class'} (--postprocess={postprocess_mode})")
-  bar = _progress_bar(len(cases), "cases") if progress else None
-  done = []
-  for case, path in zip(cases, label_paths):
-    t0 = time.time()
-    image, meta = inputs.load(case)
-    inner = _progress_bar(0, case.case_id, position=1, leave=False) if progress else None
+def predict_case(predictor: Predictor, case, path: str, *, classes, save_probabilities: bool,
+                 progress: bool) -> dict:
+  """Predicts one case (from `plan_cases`) and writes its outputs; returns its info."""
+  t0 = time.time()
+  image, meta = inputs.load(case)
+  inner = _progress_bar(0, case.case_id, position=1, leave=False) if progress else None
 
-    def tick(i, n, inner=inner):
-      if inner is not None:
-        inner.total = n
-        inner.n = i
-        inner.refresh()
+  def tick(i, n):
+    if inner is not None:
+      inner.total = n
+      inner.n = i
+      inner.refresh()
 
+  try:
     stats = {}
     pre = prepare(image, meta.spacing, predictor.plan)
     del image  # the raw scan is not needed past preprocessing
     label, probs = segment_prepared(pre, predictor, lcc_classes=classes,
                                     keep_probabilities=save_probabilities, progress=tick,
                                     stats=stats)
+  finally:
     if inner is not None:
       inner.close()
-    outputs.save_label(path, label, meta)
-    info = {"case_id": case.case_id, "output": path, "seconds": time.time() - t0,
-            "shape": meta.shape, **stats}
-    if probs is not None:
-      info["probabilities"] = inputs.probabilities_path(path)
-      outputs.save_probabilities(info["probabilities"], probs, meta)
-    done.append(info)
+  outputs.save_label(path, label, meta)
+  info = {"case_id": case.case_id, "output": path, "seconds": time.time() - t0,
+          "shape": meta.shape, **stats}
+  if probs is not None:
+    info["probabilities"] = inputs.probabilities_path(path)
+    outputs.save_probabilities(info["probabilities"], probs, meta)
+  return info
+
+
+def predict_cases(predictor: Predictor, cases, label_paths, *, postprocess_mode: str = "auto",
+                  save_probabilities: bool = False, progress: bool = True, log=print) -> list[dict]:
+  """Predicts `cases` (from `plan_cases`) and writes their outputs; returns per-case info.
+
+  A case that fails once its headers were checked (truncated voxel data,
+  NaN voxels, out of memory in the sliding window, ...) does not stop the
+  others: it is reported as it happens and all failures are raised at the end
+  (`CasesFailed`). Outputs are written atomically, so a failed case leaves no
+  partial file.
+  """
+  classes = lcc_classes(predictor, postprocess_mode)
+  names = [predictor.plan.class_names[c] for c in classes]
+  log(f"{predictor.plan.name}: {len(cases)} case(s); largest-component filter on "
+      f"{names or 'no class'} (--postprocess={postprocess_mode})")
+  bar = _progress_bar(len(cases), "cases") if progress else None
+  done, failed = [], []
+  for case, path in zip(cases, label_paths):
+    try:
+      done.append(predict_case(predictor, case, path, classes=classes,
+                               save_probabilities=save_probabilities, progress=progress))
+    except Exception as e:  # pylint: disable=broad-except — one bad case must not lose the rest
+      if not isinstance(e, U2NetError):  # unexpected: keep the traceback for a bug report
+        traceback.print_exc(file=sys.stderr)
+      reason = str(e) if isinstance(e, U2NetError) else f"{type(e).__name__}: {e}"
+      failed.append((case.case_id, reason))
+      log(f"warning: case {case.case_id} failed ({reason}); going on with the others.")
     if bar is not None:
       bar.update(1)
   if bar is not None:
     bar.close()
+  if failed:
+    raise CasesFailed(done, failed)
   return done
 
 
@@ -254,7 +295,8 @@ def run(config, workdir: str, *, domain: str, input_path: str, output: str,
   """--mode=predict from a workdir (or from an export folder given as workdir).
 
   Every input is checked (domain, files, headers, channel counts, output
-  names) before the checkpoint is read or anything is written.
+  names) before the checkpoint is read or anything is written. A case that
+  fails after that is skipped; `CasesFailed` at the end names each (exit 2).
   """
   if postprocess_mode not in POSTPROCESS_MODES:
     raise ConfigError(f"--postprocess {postprocess_mode!r} is not one of {POSTPROCESS_MODES}.")
@@ -266,8 +308,16 @@ def run(config, workdir: str, *, domain: str, input_path: str, output: str,
   predictor = source.predictor(domain, log=log)
   if postprocess_mode == "auto" and predictor.decision is None and source.config is not None:
     ensure_decision(predictor, workdir, source.config, log=log)
-  done = predict_cases(predictor, cases, label_paths, postprocess_mode=postprocess_mode,
-                       save_probabilities=save_probabilities, progress=progress, log=log)
+  try:
+    done = predict_cases(predictor, cases, label_paths, postprocess_mode=postprocess_mode,
+                         save_probabilities=save_probabilities, progress=progress, log=log)
+  except CasesFailed as e:
+    _report(e.done, log)
+    raise
+  _report(done, log)
+  return done
+
+
+def _report(done: list[dict], log) -> None:
   for d in done:
     log(f"wrote {d['output']} ({d['seconds']:.1f} s)")
-  return done

@@ -162,9 +162,23 @@ def _shift_forward(x, kernel, stride):
                   c + stride * (out_shape[2] - 1) + 1,
                   x.shape[4])
         window = lax.slice(xp, starts, limits, (1, stride, stride, stride, 1))
-        term = window * kernel[a, b, c]
-        out = term if out is None else out + term
+        term = lax.mul(window, _tap_weight(kernel, (a, b, c), window.shape))
+        out = term if out is None else lax.add(out, term)
   return out
+
+
+def _tap_weight(kernel, tap, shape):
+  """kernel[tap] (C,) broadcast to `shape` (..., C), in lax primitives.
+
+  The k³-tap loops below are traced once per conv in every train step;
+  `jnp` indexing and operators cost ~10× more Python per op than these
+  primitives (tracing the default train step: ~31k jnp ops), while the
+  computation — and so every value — is the same.
+  """
+  a, b, c = tap
+  w = lax.squeeze(lax.slice(kernel, (a, b, c, 0), (a + 1, b + 1, c + 1, kernel.shape[3])),
+                  (0, 1, 2))
+  return lax.broadcast_in_dim(w, shape, (len(shape) - 1,))
 
 
 def depthwise_conv3d_fused(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -234,8 +248,8 @@ def _taps(xp, kernel, out_shape, stride):
             xp, (0, a, b, cc, 0),
             (n, a + stride * (out_shape[0] - 1) + 1, b + stride * (out_shape[1] - 1) + 1,
              cc + stride * (out_shape[2] - 1) + 1, c), (1, stride, stride, stride, 1))
-        term = window * kernel[a, b, cc]
-        out = term if out is None else out + term
+        term = lax.mul(window, _tap_weight(kernel, (a, b, cc), window.shape))
+        out = term if out is None else lax.add(out, term)
   return out
 
 
@@ -297,22 +311,29 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
   slab = stride * (bs - 1) + k
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
-  def tap(xs, gs, a, b, cc):
+  # In lax primitives, each (batch element, plane) of the cotangent sliced
+  # once per block rather than once per tap: see `_tap_weight`.
+  def tap(xs, planes, a, b, cc):
     total = None
     for i in range(n):
       for j in range(bs):
         win = lax.slice(xs, (i, a + stride * j, b, cc, 0),
                         (i + 1, a + stride * j + 1, b + stride * (oh - 1) + 1,
                          cc + stride * (ow - 1) + 1, c), (1, 1, stride, stride, 1))
-        term = (win[0, 0] * gs[i, j]).astype(acc_dtype)
-        total = term if total is None else total + term
+        term = lax.mul(lax.squeeze(win, (0, 1)), planes[i][j])
+        if term.dtype != acc_dtype:
+          term = lax.convert_element_type(term, acc_dtype)
+        total = term if total is None else lax.add(total, term)
     return total
 
   def body(blk, acc):
     xs = lax.dynamic_slice_in_dim(xp, blk * bs * stride, slab, axis=1)
     gs = lax.dynamic_slice_in_dim(g, blk * bs, bs, axis=1)
+    planes = [[lax.squeeze(lax.slice_in_dim(lax.slice_in_dim(gs, i, i + 1, axis=0),
+                                            j, j + 1, axis=1), (0, 1))
+               for j in range(bs)] for i in range(n)]
     taps = [(a, b, cc) for a in range(k) for b in range(k) for cc in range(k)]
-    return tuple(s + tap(xs, gs, *t) for s, t in zip(acc, taps))
+    return tuple(lax.add(s, tap(xs, planes, *t)) for s, t in zip(acc, taps))
 
   zero = tuple(jnp.zeros((oh, ow, c), acc_dtype) for _ in range(k ** 3))
   acc = lax.fori_loop(0, nb, body, zero)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 log.setLevel(logging.WARNING)
 
 UNREADABLE_SUFFIX = ".unreadable"
+CHECKPOINT_DIR = "checkpoints"  # under the workdir
 _asyncio_filtered = False
 
 
@@ -116,7 +117,7 @@ class Checkpoints:
   """Latest-N and best-1 checkpoint managers under `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.best_directory = os.path.join(self.directory, "best")
     opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                         enable_async_checkpointing=async_save)

@@ -9,6 +9,7 @@ does not, in one `Run`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -21,7 +22,7 @@ import numpy as np
 from u2net_jax import logging_utils
 from u2net_jax.errors import U2NetError
 from u2net_jax.train import checkpoint as ckpt_lib
-from u2net_jax.train import extend, schedules
+from u2net_jax.train import extend, peers, schedules
 from u2net_jax.train.inputs import TrainingData
 from u2net_jax.train.state import ModelParts
 from u2net_jax.train.step import CompiledStep, learning_rate
@@ -82,6 +83,7 @@ class Run:
   channels: int  # inputs are zero-padded to this many
   counts: dict  # models.param_counts
   voxels: int  # voxels of one global batch
+  watchdog: peers.Watchdog | None = None  # multi-process runs: bounds each step and save
 
   @property
   def log(self):
@@ -146,6 +148,24 @@ def begin(tcfg, state, restored, base: extend.Base | None, replicated, directory
   return ls
 
 
+@contextlib.contextmanager
+def guarded(run: Run, what: str, *, watch: bool = True):
+  """The body, bounded by the run's watchdog when `watch`.
+
+  With several processes, an exception in it is a collective that failed
+  because another process stopped: `PeerLost` (train/peers.py).
+  """
+  with run.watchdog.guard(what) if run.watchdog and watch else contextlib.nullcontext():
+    try:
+      yield
+    except U2NetError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except — XLA/gloo errors have no common type
+      if jax.process_count() == 1:
+        raise
+      raise peers.collective_failed(e, what, run.ckpts.directory) from e
+
+
 def train_step(run: Run, ls: LoopState, host_batch: dict):
   """One update on `host_batch` → (out, shared lr, seconds of the step).
 
@@ -153,10 +173,14 @@ def train_step(run: Run, ls: LoopState, host_batch: dict):
   checkpoints closed) or skip the step, by `train.nan_policy`.
   """
   lr_s, lr_d = learning_rate(run.config.train, ls.step, ls.plateau_scale)
-  gb = run.step.to_global(host_batch)
-  t_step = time.time()
-  ls.state, out = run.step.fn(ls.state, gb, jnp.float32(lr_s), jnp.float32(lr_d))
-  if not bool(out["finite"]):
+  # The first step of a run also waits for every process's compile (minutes on
+  # a big model): not bounded by the watchdog (a dead process still ends it).
+  with guarded(run, f"training step {ls.step + 1}", watch=ls.step > ls.start):
+    gb = run.step.to_global(host_batch)
+    t_step = time.time()
+    ls.state, out = run.step.fn(ls.state, gb, jnp.float32(lr_s), jnp.float32(lr_d))
+    finite = bool(out["finite"])  # waits for the step (and its collectives)
+  if not finite:
     di = int(host_batch["domain"])
     dom = run.parts.names[di]
     ids = [run.data.sampler.case_id(di, r, int(c)) for r, c in enumerate(host_batch["case"])]
@@ -217,7 +241,8 @@ def save(run: Run, ls: LoopState, *, force: bool = False) -> dict:
   """Checkpoints the current step unless it exists already; returns its metadata."""
   meta = ls.meta(run.config, run.arch, run.parts.names)
   if ls.step not in ls.saved and ls.step not in run.ckpts.steps():
-    run.ckpts.save(ls.step, ls.state, meta, force=force)
+    with run.watchdog.guard(f"saving step {ls.step}") if run.watchdog else contextlib.nullcontext():
+      run.ckpts.save(ls.step, ls.state, meta, force=force)
     ls.saved.add(ls.step)
   return meta
 

@@ -34,9 +34,11 @@ def maybe_initialize_distributed(config) -> None:
   # Nothing may touch the XLA backend before initialize() (not even process_count).
   if getattr(maybe_initialize_distributed, "_done", False):
     return
-  kw = {}
+  # A process that sends no heartbeat this long counts as dead: the others then end
+  # (train/peers.py; their next collective usually fails long before).
+  kw = {"heartbeat_timeout_seconds": dist.heartbeat_timeout_seconds}
   if dist.coordinator_address:
-    kw = dict(coordinator_address=dist.coordinator_address,
+    kw.update(coordinator_address=dist.coordinator_address,
               num_processes=dist.num_processes, process_id=dist.process_id)
   # Only affects CPU devices (multi-process CPU runs need gloo collectives);
   # harmless on GPU/TPU. Checking the backend here would initialize it.

@@ -16,6 +16,7 @@ effect.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -31,7 +32,7 @@ from u2net_jax.data import datasets
 from u2net_jax.errors import ConfigError
 from u2net_jax.model import models
 from u2net_jax.train import checkpoint as ckpt_lib
-from u2net_jax.train import extend, inputs, loop
+from u2net_jax.train import extend, inputs, loop, peers, workdir_lock
 from u2net_jax.train.evaluation import make_predict_fn, run_evaluation
 from u2net_jax.train.extend import extension_report, independent_config
 from u2net_jax.train.loop import LoopState, Run, TrainingError, itstime
@@ -95,10 +96,32 @@ def _global_batch_size(tcfg, mesh) -> int:
   return batch
 
 
+def _process_index(config) -> int:
+  """This process's index in the run: from the config when it says (no XLA backend started)."""
+  dist = config.distributed
+  if not dist.enabled:
+    return 0
+  return dist.process_id if dist.coordinator_address else jax.process_index()
+
+
+@contextlib.contextmanager
+def _watchdog(config, workdir: str):
+  """Multi-process runs: a step or save that outlasts the bound ends this process (peers.py)."""
+  seconds = config.distributed.step_timeout_seconds if config.distributed.enabled else 0
+  watchdog = peers.Watchdog(seconds, os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR))
+  try:
+    yield watchdog
+  finally:
+    watchdog.close()
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the summary.
 
   After a SIGTERM: {"preempted": True, "step": s} once step s is saved.
+  Holds the workdir's training lock (train/workdir_lock.py) from the end of
+  the config checks on: a second training in the same workdir stops there,
+  naming this one.
   """
   config = config_lib.parse(config)  # typed and frozen from here on
   maybe_initialize_distributed(config)
@@ -107,6 +130,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.init_from:
     base = _load_base(config, specs)
     config = _with_overrides(config, extend.training_overrides(base.extension, specs))
+  with (workdir_lock.WorkdirLock(workdir, _process_index(config)),
+        _watchdog(config, workdir) as watchdog):
+    return _train(config, workdir, specs, base, watchdog)
+
+
+def _train(config, workdir: str, specs, base: extend.Base | None,
+           watchdog: peers.Watchdog) -> dict:
+  """`train_and_evaluate` once the config is checked and the workdir locked."""
   _enable_compilation_cache(workdir)
   tcfg = config.train
 
@@ -143,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"{compiled.seconds:.1f} s (tracing {compiled.trace_seconds:.1f} s)")
   run = Run(config, specs, workdir, parts, arch, ckpts, logger, data, compiled, patch=patch,
             channels=model.max_in_channels, counts=models.param_counts(model),
-            voxels=batch * int(np.prod(patch)))
+            voxels=batch * int(np.prod(patch)), watchdog=watchdog)
 
   # -- the loop: one update per batch, then what is due at that step ------------
   with loop.Preemption() as preempt:
@@ -172,10 +203,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _evaluate_during_training(run: Run, ls: LoopState) -> None:
   """Validation along the way: a new best is checkpointed, else (schedule=plateau) lr × ½."""
   results = run_evaluation(run.parts, ls.state["params"], run.specs, run.data.val, run.config,
-                           run.patch, run.channels, run.log, during_training=True)
+                           run.patch, run.channels, run.log, during_training=True,
+                           logger=run.logger, step=ls.step)  # Dice curves, pictures
   md = float(np.mean([r["mean_dice"] for r in results.values()]))
-  run.logger.scalars(ls.step, {"val/mean_dice": md, **{f"val/{n}": r["mean_dice"]
-                                                       for n, r in results.items()}})
   if md > ls.best:
     ls.best = md
     meta = loop.save(run, ls, force=True)
@@ -189,7 +219,7 @@ def _final_evaluation(run: Run, ls: LoopState, base: extend.Base | None) -> dict
   """Metrics of the last step, the best checkpoint, the extension report, eval/summary.json."""
   run.log("final evaluation ...")
   results = run_evaluation(run.parts, ls.state["params"], run.specs, run.data.val, run.config,
-                           run.patch, run.channels, run.log)
+                           run.patch, run.channels, run.log, logger=run.logger, step=ls.step)
   summary = make_summary(ls.step, run.config.model.mode, results, run.data.meta, run.counts,
                          ls.train_seconds)
   summary["compile_seconds"] = run.step.seconds
