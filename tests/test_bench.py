@@ -170,7 +170,7 @@ def test_device_check_runs_on_cpu_and_writes_one_json(tmp_path, tmp_path_factory
   # reload parts write into the copy.
   trained, data_dir = smoke_workdir.trained(tmp_path_factory)
   workdir = tmp_path / "smoke_work"
-  shutil.copytree(trained, workdir)
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("export"))
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
              DEVICE_CHECK_ALLOW_CPU="1", DEVICE_CHECK_PRESET="smoke", DEVICE_CHECK_IMPLS="lax",
              DEVICE_CHECK_TIMEOUT_SCALE="10", DEVICE_CHECK_TRAIN_STEPS="2",

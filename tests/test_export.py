@@ -23,10 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  workdir, _ = smoke_workdir.trained(tmp_path_factory)
-  proc = smoke_workdir.cli("--mode=export", f"--workdir={workdir}")
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return workdir
+  return smoke_workdir.exported(tmp_path_factory)
 
 
 def _windows(n, channels, seed=0):

@@ -47,11 +47,8 @@ def test_notebook_evaluates_a_workdir(workdir, monkeypatch):
   assert images >= 1 + 2 * 2  # per-case Dice + two overlays per domain
 
 
-def test_notebook_evaluates_an_export(workdir, monkeypatch):
-  export_dir = os.path.join(workdir, "export", "prostate")
-  if not os.path.isdir(export_dir):
-    proc = smoke_workdir.cli("--mode=export", f"--workdir={workdir}", "--domain=prostate")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_notebook_evaluates_an_export(tmp_path_factory, monkeypatch):
+  export_dir = os.path.join(smoke_workdir.exported(tmp_path_factory), "export", "prostate")
   text, images = _run(monkeypatch, WORKDIR=export_dir, MAX_CASES=1)
   assert "prostate: 1 validation case(s)" in text and "heart" not in text
   assert images >= 2
