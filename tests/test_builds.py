@@ -54,3 +54,49 @@ def test_concurrent_first_builds_build_once_and_all_get_the_dataset(tmp_path):
   # No temporary folder is left, and the lock file is hidden beside the version.
   assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-build")] == []
   assert sorted(os.listdir(tmp_path / "fake" / "cfg")) == [".1.0.0.build-lock", "1.0.0"]
+
+
+class _FailsFirst(_SlowBuilder):
+  """The first build fails half-way (bad input found late); later ones succeed."""
+
+  def download_and_prepare(self, download_config=None):
+    with _SlowBuilder.lock:
+      _SlowBuilder.builds += 1
+      first = _SlowBuilder.builds == 1
+    if first:
+      os.makedirs(self.data_dir)
+      time.sleep(0.5)
+      raise ValueError("bad case")
+    super().download_and_prepare(download_config)
+    with _SlowBuilder.lock:
+      _SlowBuilder.builds -= 1  # counted above already
+
+
+def test_a_failed_build_leaves_nothing_and_a_waiting_caller_builds_it(tmp_path):
+  _SlowBuilder.builds = 0
+  results, errors = [], []
+
+  def build():
+    try:
+      results.append(common.build_atomically(_FailsFirst, str(tmp_path)))
+    except ValueError as e:
+      errors.append(e)
+
+  first = threading.Thread(target=build)
+  first.start()
+  time.sleep(0.2)  # the second caller waits on the first's lock
+  second = threading.Thread(target=build)
+  second.start()
+  first.join(timeout=60)
+  second.join(timeout=60)
+  assert len(errors) == 1 and len(results) == 1 and _SlowBuilder.builds == 2
+  assert sorted(os.listdir(tmp_path / "fake" / "cfg")) == [".1.0.0.build-lock", "1.0.0"]
+
+
+def test_a_failed_build_alone_writes_nothing(tmp_path):
+  _SlowBuilder.builds = 0
+  try:
+    common.build_atomically(_FailsFirst, str(tmp_path))
+  except ValueError:
+    pass
+  assert os.listdir(tmp_path) == []

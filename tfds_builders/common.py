@@ -24,6 +24,7 @@ changed or truncated later is named instead of read.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -103,13 +104,43 @@ def build_atomically(builder_factory, data_dir: str, *, manual_dir: str | None =
   # workers) must not both build and swap it in: the second swap would delete
   # the folder the first one is reading. One builds; the other waits, then
   # finds it complete.
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  lock_path = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.build-lock")
-  with open(lock_path, "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  parent = os.path.dirname(final)
+  made = [d for d in (os.path.dirname(parent), parent) if not os.path.isdir(d)]
+  os.makedirs(parent, exist_ok=True)
+  lock_path = os.path.join(parent, f".{os.path.basename(final)}.build-lock")
+  with _exclusive(lock_path) as lock:
     if _complete(final) and not overwrite:
       return final
-    return _build(builder_factory, data_dir, final, manual_dir, rebuild)
+    try:
+      return _build(builder_factory, data_dir, final, manual_dir, rebuild)
+    except BaseException:
+      # A failed first build leaves nothing behind, the lock file included
+      # (unlinked while held: a waiter finds its file gone and opens anew).
+      if not os.path.exists(final):
+        os.unlink(lock.name)
+        for d in reversed(made):
+          with contextlib.suppress(OSError):
+            os.rmdir(d)  # only if empty
+      raise
+
+
+@contextlib.contextmanager
+def _exclusive(path: str):
+  """The open lock file `path`, `flock`ed; retried if it was unlinked while we waited."""
+  while True:
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # a failed build removed it
+    f = open(path, "a")  # pylint: disable=consider-using-with
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    f.close()
+  try:
+    yield f
+  finally:
+    f.close()
 
 
 def _complete(final: str) -> bool:
