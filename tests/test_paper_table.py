@@ -17,12 +17,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 def test_paper_table_smoke_writes_a_well_formed_table(tmp_path, tmp_path_factory):
-  # One seed of the separable setting + the new domain and its independent
-  # model (3 real runs of 2 steps); seeds, every row, the aggregation across
-  # seeds and the training order are covered with a fake trainer below.
+  # One real run (one seed of the separable setting, 2 steps) through the
+  # whole command: training, curves, table, plot. Seeds, every row, the
+  # new-domain rows (their configs and aggregation) and the training order are
+  # covered with a fake trainer below; the extension training itself by
+  # tests/test_extend.py.
   results = tmp_path / "results"
   cmd = ["experiments/paper_table.py", "--preset=smoke", "--steps=2",
-         "--eval_every=1", "--seeds=0", "--settings=separable",
+         "--eval_every=1", "--seeds=0", "--settings=separable", "--nonew_domain",
          f"--workdir={tmp_path / 'runs'}", f"--results_dir={results}",
          f"--config_overrides=data.data_dir={smoke_workdir.data_dir(tmp_path_factory)},"
          "eval.max_cases=1"]
@@ -42,24 +44,18 @@ def test_paper_table_smoke_writes_a_well_formed_table(tmp_path, tmp_path_factory
       assert stat["n"] == 1 and 0.0 <= stat["mean"] <= 1.0 and stat["sd"] is None
     assert sorted(r["per_seed"]) == ["0"]
     assert (tmp_path / "runs" / r["setting"] / "seed0" / "eval" / "summary.json").exists()
-  nd = table["new_domain"]
-  spleen = nd["domains"]["spleen"]
-  assert nd["n_complete"] == 1 and spleen["params_added"] > 0
-  assert 0 < spleen["params_added_pct_of_independent"] < 100
-  assert spleen["added"]["n"] == spleen["independent"]["n"] == 1
-  assert 0.0 <= spleen["independent"]["mean"] <= 1.0
+  assert not table.get("new_domain")
   curves = json.loads((results / "paper_curves.json").read_text())
-  assert set(curves["rows"]) == {"separable", "separable_add_spleen", "independent_spleen"}
+  assert set(curves["rows"]) == {"separable"}
   for entry in curves["rows"].values():
     assert entry["seeds"]["0"]["complete"] and len(entry["seeds"]["0"]["points"]) >= 2
     assert entry["mean"] and all(p["n"] == 1 for p in entry["mean"])
   assert (results / "paper_curves.png").read_bytes()[:8] == PNG_MAGIC
   md = (results / "paper_table.md").read_text()
-  for row in ("| separable | 1/1 | 2 |", "| spleen | 1/1 | 2 |"):
-    assert row in md
+  assert "| separable | 1/1 | 2 |" in md
   assert "All runs complete." in md and "python experiments/paper_table.py" in md
   assert "ddof=1" in md and "CPU vector flags" in md
-  assert md.count("\n| ") == 4  # header + separable, header + spleen
+  assert md.count("\n| ") == 2  # header + separable
 
 
 # ----------------------------------------------------------------------------
