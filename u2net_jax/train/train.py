@@ -61,7 +61,8 @@ def _enable_compilation_cache(workdir: str) -> None:
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
         os.path.abspath(workdir), "jax_cache")
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   except Exception:  # pylint: disable=broad-except — an optional speed-up
     pass
 
