@@ -100,3 +100,23 @@ def test_a_failed_build_alone_writes_nothing(tmp_path):
   except ValueError:
     pass
   assert os.listdir(tmp_path) == []
+
+
+def test_a_relative_source_folder_without_manual_dir_is_a_clear_error():
+  import types  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from tfds_builders import volumes  # pylint: disable=g-import-not-at-top
+  from u2net_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+
+  class NoManualDir:
+    @property
+    def manual_dir(self):
+      raise AssertionError("manual_dir not set")
+
+  builder = types.SimpleNamespace(builder_config=types.SimpleNamespace(
+      name="heart", task_folder="Task02_Heart"))
+  with pytest.raises(DataError, match=r"MSD config 'heart': task folder 'Task02_Heart' is "
+                                      r"relative, but the manual_dir is missing"):
+    volumes.source_folder(builder, NoManualDir(), "MSD config {name}: task folder")
+  builder.builder_config.task_folder = "/abs/Task02_Heart"
+  assert volumes.source_folder(builder, NoManualDir(), "x") == "/abs/Task02_Heart"

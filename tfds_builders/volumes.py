@@ -226,6 +226,23 @@ def median_spacing(metas: Sequence[nifti.NiftiMeta]) -> tuple[float, float, floa
 # --------------------------------------------------------------- builders
 
 
+def source_folder(builder, dl_manager, kind: str) -> str:
+  """The builder config's `task_folder`: absolute, or under TFDS's manual_dir.
+
+  `kind` names the folder in the message ("MSD config …: task folder",
+  "nnU-Net config …: dataset folder").
+  """
+  folder = builder.builder_config.task_folder
+  if os.path.isabs(folder):
+    return folder
+  try:
+    manual_dir = os.fspath(dl_manager.manual_dir)
+  except (AssertionError, ValueError) as e:
+    raise DataError(f"{kind.format(name=repr(builder.builder_config.name))} {folder!r} is "
+                    f"relative, but the manual_dir is missing or empty ({e}).") from e
+  return os.path.join(manual_dir, folder)
+
+
 def split_generators(builder, task: Task) -> dict:
   """The body of a volume builder's `_split_generators` once its folder is parsed.
 

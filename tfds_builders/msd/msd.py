@@ -289,15 +289,7 @@ class Msd(tfds.core.GeneratorBasedBuilder):
     )
 
   def _task_dir(self, dl_manager) -> str:
-    folder = self.builder_config.task_folder
-    if os.path.isabs(folder):
-      return folder
-    try:
-      manual_dir = os.fspath(dl_manager.manual_dir)
-    except (AssertionError, ValueError) as e:
-      raise DataError(f"MSD config {self.builder_config.name!r}: task folder {folder!r} is "
-                      f"relative, but the manual_dir is missing or empty ({e}).") from e
-    return os.path.join(manual_dir, folder)
+    return volumes.source_folder(self, dl_manager, "MSD config {name}: task folder")
 
   def _split_generators(self, dl_manager):
     return volumes.split_generators(self, _read_task(self._task_dir(dl_manager),

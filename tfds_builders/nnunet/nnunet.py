@@ -105,15 +105,7 @@ class Nnunet(tfds.core.GeneratorBasedBuilder):
     )
 
   def _dataset_dir(self, dl_manager) -> str:
-    folder = self.builder_config.task_folder
-    if os.path.isabs(folder):
-      return folder
-    try:
-      manual_dir = os.fspath(dl_manager.manual_dir)
-    except (AssertionError, ValueError) as e:
-      raise DataError(f"nnU-Net config {self.builder_config.name!r}: dataset folder {folder!r} "
-                      f"is relative, but the manual_dir is missing or empty ({e}).") from e
-    return os.path.join(manual_dir, folder)
+    return volumes.source_folder(self, dl_manager, "nnU-Net config {name}: dataset folder")
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
