@@ -160,6 +160,19 @@ def two_processes(workdir, data_dir, steps, *, hold_1="", args_0=()):
           for i in range(2)]
 
 
+def kill_running(*procs):
+  for p in procs:
+    if p.poll() is None:
+      kill(p)
+
+
+def error_line(p, err: str) -> str:
+  """The last stderr line of `p`, which must have stopped as an expected error (exit 2)."""
+  assert p.returncode == 2, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  return err.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_sigkilled_process_stops_the_other_and_both_rerun_to_the_same_parameters(
     smoke, tmp_path, tmp_path_factory):
@@ -184,12 +197,8 @@ def test_sigkilled_process_stops_the_other_and_both_rerun_to_the_same_parameters
     _, err = p0.communicate(timeout=120)
     seconds = time.time() - t0
   finally:
-    for p in (p0, p1):
-      if p.poll() is None:
-        kill(p)
-  assert p0.returncode == 2, err[-3000:]
-  assert "Traceback" not in err, err[-3000:]
-  line = err.strip().splitlines()[-1]
+    kill_running(p0, p1)
+  line = error_line(p0, err)
   assert re.fullmatch(r"error: process 0 of 2: training step 2 failed in a collective operation "
                       r"\(.*\): another process of this run has stopped \(killed, crashed, or its "
                       r"host unreachable\); the checkpoints of steps \[1\] are intact: restart "
@@ -222,12 +231,8 @@ def test_hung_process_ends_the_other_at_the_step_bound(smoke, tmp_path):
     seconds = time.time() - t0
     p1.wait(timeout=60)
   finally:
-    for p in (p0, p1):
-      if p.poll() is None:
-        kill(p)
-  assert p0.returncode == 2, err[-3000:]
-  assert "Traceback" not in err, err[-3000:]
-  line = err.strip().splitlines()[-1]
+    kill_running(p0, p1)
+  line = error_line(p0, err)
   assert re.fullmatch(r"error: process 0 of 2: training step 2 has not finished after 5 s: "
                       r"another process of this run stopped responding \(hung, killed, or its "
                       r"host unreachable\); the checkpoints of steps \[1\] are intact: .*", line)

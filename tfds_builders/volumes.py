@@ -226,6 +226,20 @@ def median_spacing(metas: Sequence[nifti.NiftiMeta]) -> tuple[float, float, floa
 # --------------------------------------------------------------- builders
 
 
+def dataset_info(builder, homepage: str):
+  """The `tfds.core.DatasetInfo` of a volume builder: the shared features, its module's summary."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  doc = sys.modules[type(builder).__module__].__doc__
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=doc.split("\n\n")[0],
+      features=common.features(builder.builder_config.num_channels),
+      homepage=homepage,
+      metadata=tfds.core.MetadataDict(),
+  )
+
+
 def source_folder(builder, dl_manager, kind: str) -> str:
   """The builder config's `task_folder`: absolute, or under TFDS's manual_dir.
 

@@ -37,7 +37,6 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
 from tfds_builders import volumes
 from tfds_builders.volumes import fold_split  # noqa: F401 (msd.fold_split)
 from u2net_jax.data import nifti
@@ -280,13 +279,7 @@ class Msd(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n\n")[0],
-        features=common.features(self.builder_config.num_channels),
-        homepage="http://medicaldecathlon.com/",
-        metadata=tfds.core.MetadataDict(),
-    )
+    return volumes.dataset_info(self, homepage="http://medicaldecathlon.com/")
 
   def _task_dir(self, dl_manager) -> str:
     return volumes.source_folder(self, dl_manager, "MSD config {name}: task folder")

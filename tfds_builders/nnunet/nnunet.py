@@ -28,7 +28,6 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
 from tfds_builders import volumes
 from tfds_builders.nnunet import raw
 from u2net_jax.errors import DataError
@@ -96,13 +95,7 @@ class Nnunet(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n\n")[0],
-        features=common.features(self.builder_config.num_channels),
-        homepage="https://github.com/MIC-DKFZ/nnUNet",
-        metadata=tfds.core.MetadataDict(),
-    )
+    return volumes.dataset_info(self, homepage="https://github.com/MIC-DKFZ/nnUNet")
 
   def _dataset_dir(self, dl_manager) -> str:
     return volumes.source_folder(self, dl_manager, "nnU-Net config {name}: dataset folder")
