@@ -162,6 +162,21 @@ def test_soft_dice_perfect_is_zero_and_hard_is_one_minus_dice():
   assert float(got) == pytest.approx(want, abs=1e-5)
 
 
+def test_soft_dice_without_background_averages_foreground_classes_only():
+  # nnU-Net's do_bg=False: the same hard prediction as above, class 0 left out.
+  labels = np.array([[[[0, 1, 2], [0, 0, 1]]]] * 2)
+  pred = np.eye(3, dtype=np.float32)[np.array([[[[0, 1, 1], [0, 2, 1]]]] * 2)]
+  got = losses.soft_dice_loss(pred, labels, include_background=False)
+  assert float(got) == pytest.approx(1 - np.mean([4 / 5, 0.0]), abs=1e-5)
+  # Through segmentation_loss, with a padded 4th class masked out.
+  mask = np.array([True, True, True, False])
+  padded = np.concatenate([np.log(pred + 1e-12), np.full(pred.shape[:-1] + (1,), -1e9)], -1)
+  both = losses.segmentation_loss(padded, labels, kind='dice_ce', class_mask=mask,
+                                  include_background=False)
+  ce = losses.cross_entropy(padded, labels, class_mask=mask)
+  assert float(both) - float(ce) == pytest.approx(1 - np.mean([4 / 5, 0.0]), abs=1e-4)
+
+
 @pytest.mark.parametrize('kind', losses.LOSS_KINDS)
 def test_padded_class_with_mask_changes_nothing(kind):
   logits, labels, _ = _random_case(2)
@@ -273,7 +288,9 @@ def test_loss_options_come_from_the_train_config_and_are_checked():
   train = lambda **kw: config_lib.parse({"train": kw}).train
   t = train(loss="lovasz_focal", lovasz_classes="all", focal_detach=True)
   assert config_utils.loss_options(t) == {"classes": "all", "detach_modulator": True}
-  assert config_utils.loss_options(train(loss="dice_ce")) == {}
+  assert config_utils.loss_options(train(loss="dice_ce")) == {"include_background": True}
+  assert config_utils.loss_options(train(loss="dice", dice_background=False)) == {
+      "include_background": False}
   with pytest.raises(ConfigError, match="lovasz_classes 'some'"):
     train(loss="lovasz", lovasz_classes="some")
   with pytest.raises(ConfigError, match="train.loss 'hinge'"):

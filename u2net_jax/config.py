@@ -112,6 +112,7 @@ class TrainConfig:
   loss: str = "dice_ce"            # options.LOSS_KINDS (msd: lovasz_focal, official)
   lovasz_classes: str = "present"  # lovasz*: 'present' or 'all' (official)
   focal_detach: bool = False       # focal*: no gradient through (1-p)^γ (official)
+  dice_background: bool = True     # dice*: background in the Dice mean (nnU-Net: False)
   fg_fraction: float = 0.5         # patches centred on foreground (nnU-Net: 1/3)
   # 'official': the official code's batch rule and placement (data/pipeline.py).
   sampling: str = "nnunet"

@@ -109,9 +109,12 @@ def loss_options(tcfg) -> dict:
 
   train.lovasz_classes: 'present' (classes in the batch's labels) or 'all'
   (the official code: `lovasz_softmax(..., only_present=False)`);
-  train.focal_detach: no gradient through focal's (1-p)^γ (the official code).
+  train.focal_detach: no gradient through focal's (1-p)^γ (the official code);
+  train.dice_background: class 0 in the Dice mean (nnU-Net leaves it out).
   """
   out = {}
+  if tcfg.loss in ("dice", "dice_ce"):
+    out["include_background"] = tcfg.dice_background
   if tcfg.loss in ("lovasz", "lovasz_focal"):
     out["classes"] = tcfg.lovasz_classes
   if tcfg.loss in ("focal", "lovasz_focal"):

@@ -35,8 +35,8 @@ _KIND_KWARGS = {
     'ce': (),
     'focal': ('gamma', 'detach_modulator'),
     'lovasz': ('classes', 'per_image', 'ignore'),
-    'dice': ('smooth',),
-    'dice_ce': ('smooth',),
+    'dice': ('smooth', 'include_background'),
+    'dice_ce': ('smooth', 'include_background'),
 }
 
 
@@ -145,18 +145,21 @@ def focal_loss(logits, labels, gamma=2.0, class_mask=None, detach_modulator=Fals
   return -jnp.mean(modulator * log_pt)
 
 
-def soft_dice_loss(probs, labels, smooth=1e-5, class_mask=None):
+def soft_dice_loss(probs, labels, smooth=1e-5, class_mask=None,
+                   include_background=True):
   """1 - mean over valid classes of the soft Dice, pooled over the batch.
 
   Dice_c = (2 sum(p_c g_c) + smooth) / (sum(p_c) + sum(g_c) + smooth), sums
   over every voxel of every image. A class absent from both labels and
-  prediction has Dice ~1 thanks to `smooth`. Background counts as a class.
+  prediction has Dice ~1 thanks to `smooth`. Background (class 0) counts as a
+  class unless `include_background=False` (nnU-Net's `do_bg=False`).
 
   Args:
     probs: (B, D, H, W, C) class probabilities (e.g. a softmax).
     labels: (B, D, H, W) integer in [0, C).
     smooth: additive smoothing of numerator and denominator.
     class_mask: optional bool (C,); only valid classes enter the mean.
+    include_background: whether class 0 enters the mean.
 
   Returns:
     float32 scalar in [0, 1]; 0 when no class is valid.
@@ -171,6 +174,8 @@ def soft_dice_loss(probs, labels, smooth=1e-5, class_mask=None):
   dice = (2.0 * intersection + smooth) / (denominator + smooth)
   weights = (jnp.ones((num_classes,), bool) if class_mask is None
              else class_mask)
+  if not include_background:
+    weights = weights & (jnp.arange(num_classes) > 0)
   return _weighted_mean(1.0 - dice, weights)
 
 
@@ -302,8 +307,9 @@ def segmentation_loss(logits, labels, kind='lovasz_focal', class_mask=None,
     'ce': cross-entropy.
     'focal': focal; kw: gamma, detach_modulator.
     'lovasz': Lovász-Softmax on the softmax; kw: classes, per_image, ignore.
-    'dice': soft Dice on the softmax; kw: smooth.
-    'dice_ce': soft Dice on the softmax + cross-entropy; kw: smooth.
+    'dice': soft Dice on the softmax; kw: smooth, include_background.
+    'dice_ce': soft Dice on the softmax + cross-entropy; kw: smooth,
+      include_background.
 
   Args:
     logits: (B, D, H, W, C) float.
