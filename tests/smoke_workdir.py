@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,3 +136,22 @@ def two_process_run(tmp_path_factory) -> str:
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
   return workdir
+
+
+def read_until(p, prefix: str, seconds: float) -> tuple[str, bool]:
+  """Reads `p`'s stdout until a line starting with `prefix`: (what it printed, found).
+
+  `p` is killed after `seconds` (never hang the suite); it is left running
+  when the line is found.
+  """
+  watchdog = threading.Timer(seconds, p.kill)
+  watchdog.start()
+  out = ""
+  try:
+    for line in p.stdout:
+      out += line
+      if line.startswith(prefix):
+        return out, True
+  finally:
+    watchdog.cancel()
+  return out, False

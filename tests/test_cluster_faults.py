@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import nibabel as nib
@@ -81,17 +80,10 @@ def start(workdir, data_dir, *args, hold="", env=None):
 
 def wait_for_hold(p, seconds=300) -> str:
   """Reads `p`'s stdout until its HOLD line; returns what it printed."""
-  watchdog = threading.Timer(seconds, p.kill)  # never hang the suite
-  watchdog.start()
-  out = ""
-  try:
-    for line in p.stdout:
-      out += line
-      if line.startswith("HOLD"):
-        return out
-  finally:
-    watchdog.cancel()
-  pytest.fail(f"no HOLD line: {out[-2000:]} {p.stderr.read()[-2000:]}")
+  out, found = smoke_workdir.read_until(p, "HOLD", seconds)
+  if not found:
+    pytest.fail(f"no HOLD line: {out[-2000:]} {p.stderr.read()[-2000:]}")
+  return out
 
 
 def kill(p):

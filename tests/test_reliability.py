@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 
 import jax
 import numpy as np
@@ -107,16 +106,9 @@ def kill_at(smoke, workdir, fault) -> str:
   """Runs training until the fault point, SIGKILLs it there; returns its output."""
   argv, env = command(smoke, workdir, fault=fault)
   p = smoke_workdir.run(argv, env=env, wait=False)
-  watchdog = threading.Timer(600, p.kill)  # never hang the suite
-  watchdog.start()
-  out = ""
   try:
-    for line in p.stdout:
-      out += line
-      if line.startswith("FAULT"):
-        break
+    out, _ = smoke_workdir.read_until(p, "FAULT", 600)
   finally:
-    watchdog.cancel()
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
   assert "FAULT" in out, out[-3000:]
@@ -457,18 +449,12 @@ def test_sigkilled_rebuild_keeps_the_previous_dataset_and_reruns(tmp_path):
   path = registry.build("synthetic_organs", config, data_dir)
   before = datasets.read_examples(path, "train")
   p = smoke_workdir.run(["-c", BUILD, data_dir], env={"TF_CPP_MIN_LOG_LEVEL": "3"}, wait=False)
-  watchdog = threading.Timer(300, p.kill)
-  watchdog.start()
-  out = ""
   try:
-    for line in p.stdout:
-      out += line
-      if line.startswith("FAULT"):
-        # Killed mid-build: the old version is still the one in place and readable.
-        after = datasets.read_examples(path, "train")
-        break
+    out, found = smoke_workdir.read_until(p, "FAULT", 300)
+    if found:
+      # Killed mid-build: the old version is still the one in place and readable.
+      after = datasets.read_examples(path, "train")
   finally:
-    watchdog.cancel()
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
   assert "FAULT" in out, out[-3000:]
