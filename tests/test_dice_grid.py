@@ -245,3 +245,24 @@ def test_nearest_label_resize_keeps_ids_and_matches_hand_values():
   np.testing.assert_array_equal(down[0, 0], [0, 1, 2, 2])
   with pytest.raises(InputError, match="order"):
     preprocess.resize_label(label, (1, 1, 8), 3, order=3)
+
+
+def test_official_postprocessing_scores_after_it_and_keeps_the_raw_dice():
+  """A spurious blob away from the organ: removed by `eval.postprocess=official`
+  (largest component), and the Dice before it is in the result too."""
+  image = -np.ones((8, 12, 12, 1), np.float32)
+  label = np.zeros((8, 12, 12), np.uint8)
+  image[2:6, 2:6, 2:6] = 1.0   # the organ (64 voxels), labelled
+  label[2:6, 2:6, 2:6] = 1
+  image[3:5, 8:10, 8:10] = 1.0  # a blob of the same intensity (8 voxels), not labelled
+  ex = dict(image=image, label=label, spacing=np.ones(3, np.float32), case_id="blob_000")
+  spec = DomainSpec("liver", ("CT",), ("background", "liver"), "CT", (1.0, 1.0, 1.0), (8, 12, 12))
+  post = ml_collections.ConfigDict(EVAL.to_dict())
+  post.postprocess = "official"
+  none = evaluate.evaluate_domain(_threshold_fn, [ex], spec, (8, 12, 12), EVAL)
+  done = evaluate.evaluate_domain(_threshold_fn, [ex], spec, (8, 12, 12), post)
+  assert none["mean_dice"] == pytest.approx(2 * 64 / (64 + 72))
+  assert "mean_dice_raw" not in none
+  assert done["mean_dice"] == pytest.approx(1.0)
+  assert done["dice_raw"] == {"liver": pytest.approx(none["mean_dice"])}
+  assert done["mean_dice_raw"] == pytest.approx(none["mean_dice"])

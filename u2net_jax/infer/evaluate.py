@@ -13,7 +13,8 @@ cases, on one of two grids (`eval.dice_grid`):
     sees reference foreground outside the crop box.
 `eval.postprocess=official` applies the official code's post-processing
 (`postprocess.official`) to each prediction first, on the preprocessed grid as
-the official code does; 'none' (default) does not. A domain with a source
+the official code does; 'none' does not. With post-processing the result also
+has the Dice before it (`dice_raw`, `mean_dice_raw`), on the same grid. A domain with a source
 patch (`data.source_patch`) is predicted through the official whole-volume
 resize (`volume.predict_labels`), which returns labels on the preprocessed grid.
 """
@@ -104,12 +105,14 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
   """
   names = spec.class_names[1:]
   k = spec.num_classes
-  dices, hds, sds, per_case = [], [], [], []
+  dices, hds, sds, per_case, raw = [], [], [], [], []
   tol = eval_cfg.surface_tolerance_mm
+  post = eval_cfg.postprocess == "official"
   for ex in examples:
     pred = predict_volume(predict_fn, ex["image"], spec, patch, eval_cfg, channels,
                           source_patch=source_patch)
-    if eval_cfg.postprocess == "official":
+    unprocessed = pred
+    if post:
       pred = postprocess.official(pred, k, postprocess.OFFICIAL_COMPONENTS.get(spec.name, 1))
     if on_prediction is not None:
       on_prediction(ex, pred)
@@ -118,6 +121,12 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
       spacing = tuple(float(s) for s in ex["spacing"])
     else:
       pred, label, spacing = to_original_grid(pred, ex, reference, k)
+      if post:  # the same mapping, without reading the reference again
+        unprocessed = preprocess.invert_label(
+            unprocessed, ex["crop_box"], ex["original_shape"], ex["original_spacing"],
+            ex["spacing"], k, order=0)
+    if post:
+      raw.append(metrics.dice(unprocessed, label, k))
     d = metrics.dice(pred, label, k)
     h = metrics.hd95_per_class(pred, label, spacing, k)
     s = metrics.surface_dice_per_class(pred, label, spacing, tol, k)
@@ -126,9 +135,15 @@ def evaluate_domain(predict_fn: Callable, examples: Sequence[dict], spec: Domain
     sds.append(s)
     per_case.append({"case_id": ex["case_id"], "dice": {n: float(v) for n, v in zip(names, d)}})
   dice_mean = np.mean(dices, axis=0)
+  before = {}
+  if raw:
+    raw_mean = np.mean(raw, axis=0)
+    before = {"dice_raw": {n: float(v) for n, v in zip(names, raw_mean)},
+              "mean_dice_raw": float(np.mean(raw_mean))}
   return {
       "dice": {n: float(v) for n, v in zip(names, dice_mean)},
       "mean_dice": float(np.mean(dice_mean)),
+      **before,
       "hd95_mm": {n: float(v) for n, v in zip(names, np.mean(hds, axis=0))},
       "surface_dice": {n: float(v) for n, v in zip(names, np.mean(sds, axis=0))},
       "cases": len(examples),
