@@ -36,6 +36,10 @@ def set_dotted(config, dotted: str, value) -> None:
 def setting_config(module, preset: str, mode: str, steps: int, overrides) -> object:
   """The preset's config for one setting, with the shared budget and overrides."""
   c = module.get_config(preset)
+  if c.preset == "default":
+    # The comparison scores what each setting learnt: the network's output, not
+    # post-processed (results/ were measured so; the main command post-processes).
+    c.eval.postprocess = "none"
   c.model.mode = mode
   if steps:
     c.train.steps = steps

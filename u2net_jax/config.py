@@ -138,7 +138,9 @@ class EvalConfig:
   overlap: float = 0.5
   mirror: bool = False
   blend: str = "gaussian"          # gaussian (nnU-Net) | official (infer/sliding_window.py)
-  postprocess: str = "none"        # none | official (closing + largest 1-2 components)
+  # official: closing + largest 1-2 components (infer/postprocess.py), as the official
+  # code evaluates; it removes far false positives (main command, 3 seeds: README).
+  postprocess: str = "official"    # none | official
   window_batch: int = 4
   max_cases: int = 0               # 0 = all validation cases
   during_training_max_cases: int = 0  # evaluations every eval_every steps (0 = max_cases)
