@@ -36,17 +36,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PP = ("--config.eval.postprocess=official",)
 PROSTATE_2X = ("--config.train.domain_weights=1,1,1,2,1", "--config.train.steps=1680")
 NO_BG = ("--config.train.dice_background=False",)
+FG_THIRD = ("--config.train.fg_fraction=0.3333333333333333",)
 VARIANTS = {
     "pp": PP,
     "pp_prostate2x": PP + PROSTATE_2X,
     "pp_nobg": PP + NO_BG,
-    "pp_nobg_prostate2x": PP + NO_BG + PROSTATE_2X,
+    "pp_fg033": PP + FG_THIRD,
 }
 DESCRIPTIONS = {
-    "pp": "the main command as it was (1,400 steps, round-robin), official post-processing",
+    "pp": "the main command (1,400 steps, round-robin) with the official post-processing",
     "pp_prostate2x": "prostate sampled twice as often, 1,680 steps (the others keep 280 each)",
     "pp_nobg": "Dice loss over the foreground classes only (nnU-Net's do_bg=False)",
-    "pp_nobg_prostate2x": "both of the above",
+    "pp_fg033": "one patch in three centred on foreground instead of one in two (nnU-Net's 1/3)",
 }
 TARGET = 0.90
 
