@@ -37,14 +37,17 @@ PP = ("--config.eval.postprocess=official",)
 PROSTATE_2X = ("--config.train.domain_weights=1,1,1,2,1", "--config.train.steps=1680")
 NO_BG = ("--config.train.dice_background=False",)
 FG_THIRD = ("--config.train.fg_fraction=0.3333333333333333",)
+DENSE = ("--config.model.downsample=dense",)
 VARIANTS = {
     "pp": PP,
+    "pp_dense": PP + DENSE,
     "pp_prostate2x": PP + PROSTATE_2X,
     "pp_nobg": PP + NO_BG,
     "pp_fg033": PP + FG_THIRD,
 }
 DESCRIPTIONS = {
     "pp": "the main command (1,400 steps, round-robin) with the official post-processing",
+    "pp_dense": "the official code's dense stride-2 downsampling convs",
     "pp_prostate2x": "prostate sampled twice as often, 1,680 steps (the others keep 280 each)",
     "pp_nobg": "Dice loss over the foreground classes only (nnU-Net's do_bg=False)",
     "pp_fg033": "one patch in three centred on foreground instead of one in two (nnU-Net's 1/3)",
