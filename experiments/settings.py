@@ -40,6 +40,9 @@ def setting_config(module, preset: str, mode: str, steps: int, overrides) -> obj
     # The comparison scores what each setting learnt: the network's output, not
     # post-processed (results/ were measured so; the main command post-processes).
     c.eval.postprocess = "none"
+    # ... of the separable model as the table measured it (separable downsampling;
+    # `--config_overrides=model.downsample=dense` for the main command's model).
+    c.model.downsample = "separable"
   c.model.mode = mode
   if steps:
     c.train.steps = steps

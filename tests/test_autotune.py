@@ -17,7 +17,8 @@ from u2net_jax.train import state as state_lib
 
 SPECS = (DomainSpec("heart", ("MRI",), ("bg", "la")),
          DomainSpec("prostate", ("T2", "ADC"), ("bg", "pz", "tz")))
-MODEL = config_lib.parse({"model": {"features_root": 4, "num_levels": 2}}).model
+MODEL = config_lib.parse({"model": {"features_root": 4, "num_levels": 2,
+                                     "downsample": "separable"}}).model
 
 
 def test_records_the_models_actual_conv_shapes():
@@ -28,6 +29,17 @@ def test_records_the_models_actual_conv_shapes():
   assert ((2, 8, 8, 8, 4), 1) in dw and ((2, 8, 8, 8, 4), 2) in dw and ((2, 4, 4, 4, 8), 1) in dw
   assert [(x, k) for x, k, _, _ in shapes["dense"]] == [((2, 8, 8, 8, 2), (3, 3, 3, 2, 4))]
   assert depthwise.SHAPES is None  # recording ends with the trace
+
+
+def test_records_the_dense_downsampling_convs():
+  model = config_lib.parse({"model": {"features_root": 4, "num_levels": 2,
+                                      "downsample": "dense"}}).model
+  shapes = autotune.record_shapes(SPECS, model, 2, (8, 8, 8))
+  # Dense stride-2 downsampling (the default): no stride-2 depthwise conv; the
+  # 4 → 8 features stride-2 3³ conv is timed with the dense implementations.
+  assert {s for _, _, s, _ in shapes["depthwise"]} == {1}
+  assert [(x, k, s) for x, k, s, _ in shapes["dense"]] == [
+      ((2, 8, 8, 8, 2), (3, 3, 3, 2, 4), (1, 1, 1)), ((2, 8, 8, 8, 4), (3, 3, 3, 4, 8), (2, 2, 2))]
 
 
 def test_chooses_caches_and_reuses(tmp_path, monkeypatch):

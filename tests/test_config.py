@@ -54,7 +54,7 @@ def test_values_are_cast_once_to_their_type():
     ({"train": {"schedule": "cosine"}}, "config.train.schedule 'cosine' is not one of"),
     ({"model": {"depthwise_impl": "cudnn"}}, "config.model.depthwise_impl 'cudnn'"),
     ({"train": {"batch_size": 0}}, "train.batch_size must be ≥ 1"),
-    ({"model": {"pool_per_axis": (1, 2, 2)}}, "downsample='dense'"),
+    ({"model": {"pool_per_axis": (1, 2, 2), "downsample": "separable"}}, "downsample='dense'"),
     ({"data": {"patch_size": (32, 32)}}, "must be 3 positive ints"),
     ({"eval": {"dice_grid": "original"}}, "needs MSD data"),
     ({"extend": {"new_domains": "spleen"}}, "--config.init_from"),

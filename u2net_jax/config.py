@@ -63,7 +63,10 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   mode: str = "separable"          # options.MODES
-  downsample: str = "separable"    # 'dense' = the official code's stride-2 convs
+  # dense: the official code's stride-2 convs; separable: depthwise + pointwise
+  # (fewer weights). Main command, 3 seeds each: dense raises the mean Dice at the
+  # same step time (results/main_command_seeds.md).
+  downsample: str = "dense"
   features_root: int = 8           # F0; level l has F0·2^l features
   num_levels: int = 4
   # () = isotropic stride 2 at every level; (p_D, p_H, p_W) = the official
