@@ -108,6 +108,9 @@ def make_config(preset: str, impl: str, dense_impl: str = "auto", remat: bool = 
     return c
   c = five_domain.get_config("")
   c.model.mode = "separable"
+  # The PyTorch reference's model (torch_reference.py): separable downsampling
+  # (the default preset's is dense since 2026-12-01).
+  c.model.downsample = "separable"
   c.model.features_root = p["features_root"]
   c.model.num_levels = p["num_levels"]
   c.model.compute_dtype = p["compute_dtype"]
