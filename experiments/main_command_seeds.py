@@ -43,7 +43,6 @@ VARIANTS = {
     "pp": PP + SEPARABLE,
     "pp_dense": PP + DENSE,
     "pp_dense_1600": PP + DENSE + ("--config.train.steps=1600",),
-    "pp_dense_nobg": PP + DENSE + NO_BG,
     "pp_prostate2x": PP + SEPARABLE + PROSTATE_2X,
     "pp_nobg": PP + SEPARABLE + NO_BG,
 }
@@ -51,7 +50,6 @@ DESCRIPTIONS = {
     "pp": "separable stride-2 downsampling (the previous default), 1,400 steps round-robin",
     "pp_dense": "the official code's dense stride-2 downsampling convs",
     "pp_dense_1600": "dense downsampling and 1,600 steps (320 per domain)",
-    "pp_dense_nobg": "dense downsampling; Dice loss over the foreground classes only",
     "pp_prostate2x": "separable; prostate sampled twice as often, 1,680 steps (the others "
                      "keep 280 each)",
     "pp_nobg": "separable; Dice loss over the foreground classes only (nnU-Net's do_bg=False)",
