@@ -24,10 +24,14 @@ from absl import app
 from absl import flags
 from scipy import ndimage
 
-flags.DEFINE_string("workdir", "runs/five_domain", "A trained workdir.")
-flags.DEFINE_string("domain", "prostate", "Domain to look at.")
-flags.DEFINE_integer("class_id", 1, "Foreground class id (prostate: 1 = peripheral zone).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags (not at import: tests import the counting functions)."""
+  flags.DEFINE_string("workdir", "runs/five_domain", "A trained workdir.")
+  flags.DEFINE_string("domain", "prostate", "Domain to look at.")
+  flags.DEFINE_integer("class_id", 1, "Foreground class id (prostate: 1 = peripheral zone).")
 
 _NEAR = ndimage.generate_binary_structure(3, 3)  # 26-neighbourhood
 
@@ -92,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
