@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,17 +36,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # post-processing and downsampling, so the table keeps its meaning whatever the
 # defaults become (steps: 1,400 unless a variant says otherwise).
 PP = ("--config.eval.postprocess=official",)
+OV50 = ("--config.eval.overlap=0.5",)
 SEPARABLE = ("--config.model.downsample=separable",)
 DENSE = ("--config.model.downsample=dense",)
 PROSTATE_2X = ("--config.train.domain_weights=1,1,1,2,1", "--config.train.steps=1680")
 NO_BG = ("--config.train.dice_background=False",)
 VARIANTS = {
-    "pp": PP + SEPARABLE,
-    "pp_dense": PP + DENSE,
-    "pp_dense_1600": PP + DENSE + ("--config.train.steps=1600",),
-    "pp_prostate2x": PP + SEPARABLE + PROSTATE_2X,
-    "pp_nobg": PP + SEPARABLE + NO_BG,
+    "pp": PP + OV50 + SEPARABLE,
+    "pp_dense": PP + OV50 + DENSE,
+    "pp_dense_1600": PP + OV50 + DENSE + ("--config.train.steps=1600",),
+    "pp_prostate2x": PP + OV50 + SEPARABLE + PROSTATE_2X,
+    "pp_nobg": PP + OV50 + SEPARABLE + NO_BG,
+    "pp_dense_ov625": PP + DENSE + ("--config.eval.overlap=0.625",),
+    "pp_dense_ov75": PP + DENSE + ("--config.eval.overlap=0.75",),
 }
+# Evaluation-only variants: {variant: the trained variant whose checkpoints it
+# evaluates} (training is deterministic on one machine, so retraining would
+# give the same weights; `run.py --mode=evaluate` on a copy of the run).
+EVALUATES = {"pp_dense_ov625": "pp_dense", "pp_dense_ov75": "pp_dense"}
 DESCRIPTIONS = {
     "pp": "separable stride-2 downsampling (the previous default), 1,400 steps round-robin",
     "pp_dense": "the official code's dense stride-2 downsampling convs",
@@ -53,35 +61,57 @@ DESCRIPTIONS = {
     "pp_prostate2x": "separable; prostate sampled twice as often, 1,680 steps (the others "
                      "keep 280 each)",
     "pp_nobg": "separable; Dice loss over the foreground classes only (nnU-Net's do_bg=False)",
+    "pp_dense_ov625": "pp_dense's checkpoints evaluated with sliding windows at overlap 0.625 "
+                      "(stride 12 voxels for 32³ windows)",
+    "pp_dense_ov75": "pp_dense's checkpoints evaluated with sliding windows at overlap 0.75 "
+                     "(stride 8)",
 }
 TARGET = 0.90
 
-flags.DEFINE_list("variants", list(VARIANTS), "Variants, of " + ",".join(VARIANTS))
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed).")
-flags.DEFINE_string("workdir", "runs/main_command_seeds", "Where the runs go.")
-flags.DEFINE_string("results_dir", "results", "Where main_command_seeds.{json,md} go.")
-flags.DEFINE_bool("table_only", False, "Only table the complete runs; train nothing.")
 FLAGS = flags.FLAGS
 
 
-def run_dir(variant: str, seed: int) -> str:
-  return os.path.join(FLAGS.workdir, f"{variant}_s{seed}")
+def define_flags() -> None:
+  """The command line's flags (not at import: tests import the functions)."""
+  flags.DEFINE_list("variants", list(VARIANTS), "Variants, of " + ",".join(VARIANTS))
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed).")
+  flags.DEFINE_string("workdir", "runs/main_command_seeds", "Where the runs go.")
+  flags.DEFINE_string("results_dir", "results", "Where main_command_seeds.{json,md} go.")
+  flags.DEFINE_bool("table_only", False, "Only table the complete runs; train nothing.")
 
 
-def train(variant: str, seed: int) -> None:
-  """The main command with the variant's overrides (resumes an interrupted run)."""
+def run_dir(workdir: str, variant: str, seed: int) -> str:
+  return os.path.join(workdir, f"{variant}_s{seed}")
+
+
+def train(workdir: str, variant: str, seed: int, runner=subprocess.run) -> None:
+  """The main command with the variant's overrides (resumes an interrupted run).
+
+  An evaluation-only variant (EVALUATES) evaluates a copy of its trained
+  variant's run (trained first if missing) with its own overrides.
+  """
+  mode = []
+  if variant in EVALUATES:
+    base = EVALUATES[variant]
+    if read(workdir, base, seed) is None:
+      train(workdir, base, seed, runner)
+    shutil.rmtree(run_dir(workdir, variant, seed), ignore_errors=True)
+    shutil.copytree(run_dir(workdir, base, seed), run_dir(workdir, variant, seed),
+                    ignore=shutil.ignore_patterns("eval", "tensorboard", "train.lock"))
+    mode = ["--mode=evaluate"]
   cmd = [sys.executable, os.path.join(ROOT, "run.py"),
          "--config=" + os.path.join(ROOT, "experiments", "five_domain.py"),
-         f"--workdir={run_dir(variant, seed)}", f"--config.seed={seed}", *VARIANTS[variant]]
+         f"--workdir={run_dir(workdir, variant, seed)}", f"--config.seed={seed}", *mode,
+         *VARIANTS[variant]]
   print(f"== {variant} seed {seed}: {' '.join(cmd[1:])}", flush=True)
   t0 = time.time()
-  subprocess.run(cmd, check=True)
+  runner(cmd, check=True)
   print(f"== {variant} seed {seed}: {time.time() - t0:.0f} s", flush=True)
 
 
-def read(variant: str, seed: int) -> dict | None:
+def read(workdir: str, variant: str, seed: int) -> dict | None:
   """{domain: (Dice, raw Dice)}, seconds — of a complete run, else None."""
-  path = os.path.join(run_dir(variant, seed), "eval", "summary.json")
+  path = os.path.join(run_dir(workdir, variant, seed), "eval", "summary.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -132,7 +162,8 @@ def table(rows: dict, meta: dict) -> str:
                  + f"{_mean_sd([r['compile_seconds'] for r in done], 0)} |")
   lines += ["", "Variants (each with `--config.eval.postprocess=official`):", ""]
   lines += [f"- `{v}`: {DESCRIPTIONS[v]} — `{' '.join(VARIANTS[v][1:]) or '(no other override)'}`"
-            for v in rows]
+            + (f" (`run.py --mode=evaluate` on a copy of `{EVALUATES[v]}`'s run)"
+               if v in EVALUATES else "") for v in rows]
   missing = [f"{v} seed {s}" for v, runs in rows.items() for s, r in runs.items() if not r]
   lines += ["", "Incomplete: " + ", ".join(missing) if missing else "All runs complete."]
   return "\n".join(lines) + "\n"
@@ -149,10 +180,10 @@ def main(argv):
   rows = {}
   for seed in seeds:  # seed-major: a partial table already compares every variant
     for variant in FLAGS.variants:
-      if read(variant, seed) is None and not FLAGS.table_only:
-        train(variant, seed)
+      if read(FLAGS.workdir, variant, seed) is None and not FLAGS.table_only:
+        train(FLAGS.workdir, variant, seed)
   for variant in FLAGS.variants:
-    rows[variant] = {s: read(variant, s) for s in seeds}
+    rows[variant] = {s: read(FLAGS.workdir, variant, s) for s in seeds}
   meta = {"command": "python experiments/main_command_seeds.py" + "".join(
       f" {a}" for a in sys.argv[1:]), "machine": logging_utils.machine_description(),
       "date": time.strftime("%Y-%m-%d")}
@@ -168,4 +199,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

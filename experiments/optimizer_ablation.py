@@ -59,6 +59,7 @@ FLAGS = flags.FLAGS
 BASELINE = {"train.domain_updates": "isolated", "train.update_scaling": "none",
             "train.lr": 0.01, "train.lr_domain": 0.0,
             "eval.postprocess": "none",  # the network's output, as measured
+            "eval.overlap": 0.5,
             "model.downsample": "separable"}
 
 

@@ -43,6 +43,8 @@ def setting_config(module, preset: str, mode: str, steps: int, overrides) -> obj
     # ... of the separable model as the table measured it (separable downsampling;
     # `--config_overrides=model.downsample=dense` for the main command's model).
     c.model.downsample = "separable"
+    # ... with the sliding-window overlap it was measured with.
+    c.eval.overlap = 0.5
   c.model.mode = mode
   if steps:
     c.train.steps = steps

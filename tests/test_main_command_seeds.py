@@ -47,3 +47,20 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
                         cwd=smoke_workdir.ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and "unknown variants ['bogus']" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_evaluation_only_variant_evaluates_a_copy_of_the_trained_run(tmp_path):
+  from experiments import main_command_seeds as mcs  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path)
+  base = os.path.join(wd, "pp_dense_s1")
+  _summary(base, {"heart": 0.91}, [0.89])
+  os.makedirs(os.path.join(base, "checkpoints", "1400"))
+  calls = []
+  mcs.train(wd, "pp_dense_ov75", 1, runner=lambda cmd, check: calls.append(cmd))
+  copy = os.path.join(wd, "pp_dense_ov75_s1")
+  # The trained checkpoints are evaluated, not retrained; the base's scores are not carried.
+  assert os.path.isdir(os.path.join(copy, "checkpoints", "1400"))
+  assert not os.path.exists(os.path.join(copy, "eval"))
+  assert len(calls) == 1 and "--mode=evaluate" in calls[0]
+  assert "--config.eval.overlap=0.75" in calls[0] and f"--workdir={copy}" in calls[0]
+  assert mcs.read(wd, "pp_dense", 1)["dice"] == {"heart": 0.91}  # the base run is untouched
