@@ -49,6 +49,7 @@ VARIANTS = {
     "pp_nobg": PP + OV50 + SEPARABLE + NO_BG,
     "pp_dense_ov625": PP + DENSE + ("--config.eval.overlap=0.625",),
     "pp_dense_ov75": PP + DENSE + ("--config.eval.overlap=0.75",),
+    "ov75_1200": PP + DENSE + ("--config.eval.overlap=0.75", "--config.train.steps=1200"),
 }
 # Evaluation-only variants: {variant: the trained variant whose checkpoints it
 # evaluates} (training is deterministic on one machine, so retraining would
@@ -65,6 +66,7 @@ DESCRIPTIONS = {
                       "(stride 12 voxels for 32³ windows)",
     "pp_dense_ov75": "pp_dense's checkpoints evaluated with sliding windows at overlap 0.75 "
                      "(stride 8)",
+    "ov75_1200": "dense downsampling, 1,200 steps (240 per domain), overlap 0.75",
 }
 TARGET = 0.90
 

@@ -16,7 +16,8 @@ those bins, the overlap gain is explained by the windows' off-centre error.
 
   python experiments/window_offset.py --workdir=runs/five_domain
 
-Prints one JSON object {domain: {bin: {"dice", "pairs"}}}.
+Prints one JSON object {"domains": {domain: {bin: {"dice", "foreground_pairs"}}}};
+`--summarize=a.json,b.json,...` tables several (mean ± sd, e.g. over seeds).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("stride", 8, "Voxels between window origins along every axis.")
   flags.DEFINE_integer("bin", 4, "Width of an offset bin, voxels.")
   flags.DEFINE_integer("max_cases", 0, "Validation cases per domain (0 = all).")
+  flags.DEFINE_list("summarize", [], "Instead: JSON files of earlier runs (e.g. one per "
+                    "seed) → a markdown table of mean ± sd per domain and bin.")
 
 
 def offset_bins(patch, width: int) -> np.ndarray:
@@ -108,8 +111,30 @@ def domain_counts(predictor, examples, stride: int, width: int) -> np.ndarray:
   return total
 
 
+def summary_table(results: list[dict]) -> str:
+  """Markdown: rows domains, columns offset bins, cells mean ± sd over `results`."""
+  first = results[0]["domains"]
+  bins = list(next(iter(first.values())))
+  lines = ["| domain | " + " | ".join(f"offset {b} voxels" for b in bins) + " |",
+           "|---|" + "---:|" * len(bins)]
+  for domain in first:
+    cells = []
+    for b in bins:
+      v = np.array([r["domains"][domain][b]["dice"] for r in results], np.float64)
+      cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if v.size > 1 else ""))
+    lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv):
   del argv
+  if FLAGS.summarize:
+    results = []
+    for path in FLAGS.summarize:
+      with open(path) as f:
+        results.append(json.load(f))
+    print(summary_table(results), end="")
+    return
   from u2net_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from u2net_jax.infer import model_source, predict  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()

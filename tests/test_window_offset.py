@@ -30,3 +30,11 @@ def test_dice_by_bin_counts_errors_where_they_are():
   dice = window_offset.dice_by_bin(counts, 1)
   assert dice["0-1"] == {"dice": 1.0, "foreground_pairs": 8}
   assert dice["1-2"]["dice"] == round(80 / 96, 4) and dice["1-2"]["foreground_pairs"] == 56
+
+
+def test_summary_table_gives_mean_and_sd_over_runs():
+  runs = [{"domains": {"heart": {"0-4": {"dice": d0}, "4-8": {"dice": d1}}}}
+          for d0, d1 in ((0.9, 0.8), (0.92, 0.84))]
+  table = window_offset.summary_table(runs)
+  assert "| heart | 0.910 ± 0.014 | 0.820 ± 0.028 |" in table
+  assert "offset 0-4 voxels" in table
