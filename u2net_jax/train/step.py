@@ -7,6 +7,7 @@ inputs are zero-padded to the largest channel count.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Callable, NamedTuple
 
@@ -99,9 +100,17 @@ class CompiledStep(NamedTuple):
   seconds: float  # tracing and compiling
 
 
-def compile_train_step(step_fn, mesh, batch_size: int, state, sampler, start: int,
-                       plateau_scale: float, tcfg) -> CompiledStep:
-  """Lowers and compiles `step_fn` for the batch of step `start` (ahead of the loop)."""
+def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: int, start: int,
+                       plateau_scale: float, tcfg, meanwhile: Callable[[], object] = lambda: None
+                       ) -> tuple[CompiledStep, object]:
+  """Compiles `step_fn` for global batches (batch_size, *patch, channels) while `meanwhile()` runs.
+
+  Traced from the batch's shapes alone (no data needed), then compiled in a
+  background thread: XLA's compiler releases the GIL, so on a 2-core CPU the
+  first run's data build (`meanwhile`) overlaps the compile. Returns the
+  compiled step and what `meanwhile` returned (its exceptions propagate, after
+  the compile ends).
+  """
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   jit_step = jax.jit(step_fn, donate_argnums=(0,),
@@ -117,9 +126,24 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, sampler, start: in
     return out
 
   t0 = time.time()
-  example = to_global(sampler.batch(start))
+  # The shapes and dtypes of to_global(PatchSampler.batch(step)).
+  example = {
+      "image": jax.ShapeDtypeStruct((batch_size, *patch, channels), jnp.float32,
+                                    sharding=data_sharding),
+      "label": jax.ShapeDtypeStruct((batch_size, *patch), jnp.int32, sharding=data_sharding),
+      "domain": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
   lr0 = learning_rate(tcfg, start, plateau_scale)
   lowered = jit_step.lower(state, example, *map(jnp.float32, lr0))
   trace_s = time.time() - t0
-  compiled = lowered.compile()
-  return CompiledStep(compiled, to_global, trace_s, time.time() - t0)
+
+  def compile_():
+    compiled = lowered.compile()
+    return compiled, time.time() - t0
+
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile") as pool:
+    pending = pool.submit(compile_)
+    try:
+      result = meanwhile()
+    finally:
+      compiled, seconds = pending.result()
+  return CompiledStep(compiled, to_global, trace_s, seconds), result

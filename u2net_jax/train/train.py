@@ -166,11 +166,12 @@ def _train(config, workdir: str, specs, base: extend.Base | None,
   ls = loop.begin(tcfg, state, restored, base, replicated, ckpts.directory, logger.info)
 
   # -- input and the compiled step ---------------------------------------------
-  data = inputs.load_training_data(config, specs, workdir, batch, patch, model.max_in_channels,
-                                   logger.info)
-  compiled = compile_train_step(make_train_step(parts, model, config, tx_shared, tx_domain),
-                                mesh, batch, ls.state, data.sampler, ls.start, ls.plateau_scale,
-                                tcfg)
+  # The data build of a first run overlaps the compile (2 cores: ~25 s saved).
+  compiled, data = compile_train_step(
+      make_train_step(parts, model, config, tx_shared, tx_domain), mesh, batch, ls.state,
+      patch, model.max_in_channels, ls.start, ls.plateau_scale, tcfg,
+      meanwhile=lambda: inputs.load_training_data(config, specs, workdir, batch, patch,
+                                                  model.max_in_channels, logger.info))
   logger.info(f"compiled the train step (one program for {len(specs)} domains) in "
               f"{compiled.seconds:.1f} s (tracing {compiled.trace_seconds:.1f} s)")
   run = Run(config, specs, workdir, parts, arch, ckpts, logger, data, compiled, patch=patch,
