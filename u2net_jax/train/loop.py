@@ -92,8 +92,13 @@ class Run:
 
 @dataclasses.dataclass
 class LoopState:
-  """What changes as the loop runs; `meta` is what a checkpoint keeps of it."""
-  state: dict  # {"params", "opt", "step"}: replicated device arrays (donated each step)
+  """What changes as the loop runs; `meta` is what a checkpoint keeps of it.
+
+  The train state lives as the compiled step's flat leaves while the loop
+  steps (`leaves`); `state` rebuilds the pytree when something reads it
+  (checkpoints, evaluations), once per change.
+  """
+  tree: dict | None  # {"params", "opt", "step"}: replicated device arrays; None: see leaves
   start: int = 0  # the step this invocation starts at
   step: int = 0  # steps done
   total: int = 0  # the step the loop ends at
@@ -105,6 +110,18 @@ class LoopState:
   recent: dict = dataclasses.field(default_factory=dict)  # domain → losses since the last line
   train_seconds: float = 0.0  # in steps, evaluations excluded
   t_last: float = 0.0  # time.time() where train_seconds last stopped counting
+  leaves: list | None = None  # the state after the last step (donated to the next one)
+  treedef: object = None  # leaves → state
+
+  @property
+  def state(self) -> dict:
+    if self.tree is None:
+      self.tree = jax.tree.unflatten(self.treedef, self.leaves)
+    return self.tree
+
+  @state.setter
+  def state(self, value: dict) -> None:
+    self.tree, self.leaves = value, None
 
   def meta(self, config, arch: dict, names) -> dict:
     """The checkpoint metadata of the current step (JSON)."""
@@ -122,7 +139,7 @@ def begin(tcfg, state, restored, base: extend.Base | None, replicated, directory
 
   `restored`: (step, state, meta) of the latest checkpoint or None.
   """
-  ls = LoopState(state=state)
+  ls = LoopState(tree=state)
   # train.schedule=loss_plateau: the official rule on the training loss (schedules.py).
   ls.loss_plateau = (schedules.LossPlateau.from_config(tcfg)
                      if tcfg.schedule == "loss_plateau" else None)
@@ -178,7 +195,9 @@ def train_step(run: Run, ls: LoopState, host_batch: dict):
   with guarded(run, f"training step {ls.step + 1}", watch=ls.step > ls.start):
     gb = run.step.to_global(host_batch)
     t_step = time.time()
-    ls.state, out = run.step.fn(ls.state, gb, jnp.float32(lr_s), jnp.float32(lr_d))
+    leaves = ls.leaves if ls.leaves is not None else jax.tree.leaves(ls.state)
+    ls.leaves, out = run.step.fn(leaves, gb, jnp.float32(lr_s), jnp.float32(lr_d))
+    ls.tree, ls.treedef = None, run.step.treedef  # the old pytree's arrays were donated
     finite = bool(out["finite"])  # waits for the step (and its collectives)
   if not finite:
     di = int(host_batch["domain"])

@@ -93,11 +93,18 @@ def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
 
 
 class CompiledStep(NamedTuple):
-  """The compiled update step and what feeds it."""
-  fn: Callable  # (state, global batch, lr_shared f32, lr_domain f32) -> (state, out); donates state
+  """The compiled update step and what feeds it.
+
+  The step takes and returns the state as its flat list of leaves (order of
+  `jax.tree.leaves(state)`; `treedef` rebuilds it): rebuilding the pytree of
+  Flax variables around ~1,600 arrays on every call cost ~16 ms of Python per
+  step on a 2-core CPU (500 steps of the default preset: 86.5 s → 78.6 s).
+  """
+  fn: Callable  # (leaves, global batch, lr_shared, lr_domain) -> (leaves, out); donates leaves
   to_global: Callable[[dict], dict]  # a host batch → arrays over the whole mesh
   trace_seconds: float
   seconds: float  # tracing and compiling
+  treedef: object = None  # the state's pytree structure
 
 
 def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: int, start: int,
@@ -113,7 +120,16 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
   """
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
-  jit_step = jax.jit(step_fn, donate_argnums=(0,),
+  treedef = jax.tree.structure(state)
+
+  def flat_step(leaves, batch, lr_s, lr_d):
+    new_state, out = step_fn(jax.tree.unflatten(treedef, leaves), batch, lr_s, lr_d)
+    new_leaves, new_def = jax.tree.flatten(new_state)
+    if new_def != treedef:
+      raise AssertionError(f"the step changed the state's structure: {new_def} != {treedef}")
+    return new_leaves, out
+
+  jit_step = jax.jit(flat_step, donate_argnums=(0,),
                      out_shardings=(replicated, replicated))
 
   def to_global(b):
@@ -133,7 +149,7 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
       "label": jax.ShapeDtypeStruct((batch_size, *patch), jnp.int32, sharding=data_sharding),
       "domain": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
   lr0 = learning_rate(tcfg, start, plateau_scale)
-  lowered = jit_step.lower(state, example, *map(jnp.float32, lr0))
+  lowered = jit_step.lower(jax.tree.leaves(state), example, *map(jnp.float32, lr0))
   trace_s = time.time() - t0
 
   def compile_():
@@ -146,4 +162,4 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
       result = meanwhile()
     finally:
       compiled, seconds = pending.result()
-  return CompiledStep(compiled, to_global, trace_s, seconds), result
+  return CompiledStep(compiled, to_global, trace_s, seconds, treedef), result
