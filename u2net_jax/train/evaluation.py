@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -16,14 +17,18 @@ from u2net_jax.train.state import ModelParts
 
 def make_predict_fn(parts: ModelParts, device):
   """for_domain(params, index) -> fn: windows (N, D, H, W, C) → probabilities (N, D, H, W, K)."""
-  @jax.jit
-  def predict(params, x, domain):
+  # The params go in as flat leaves, their structure static: flattening the
+  # Flax variables of the params on every window batch cost Python time per call.
+  @functools.partial(jax.jit, static_argnums=0)
+  def predict(treedef, leaves, x, domain):
+    params = jax.tree.unflatten(treedef, leaves)
     return jax.nn.softmax(parts.merge(params)(x, domain), axis=-1)
 
   def for_domain(params, index: int):
     local = jax.device_put(jax.tree.map(lambda a: a.addressable_data(0), params), device)
+    leaves, treedef = jax.tree.flatten(local)
     d = jnp.int32(index)
-    return lambda x: np.asarray(predict(local, jax.device_put(x, device), d))
+    return lambda x: np.asarray(predict(treedef, leaves, jax.device_put(x, device), d))
   return for_domain
 
 
