@@ -27,8 +27,9 @@ roofline projection for accelerators this machine does not have
 `auto` picks on GPU/TPU).
 
 What is timed is what training runs: the model, optimizer and step come from
-`u2net_jax.train` (`build_train_state`, `make_train_step`: one jitted program
-for every domain, the domain a traced int32, state donated). A train step is
+`u2net_jax.train` (`build_train_state`, `make_train_step`, `compile_train_step`:
+one compiled program for every domain, the domain a traced int32, the state
+passed as its flat leaves and donated, as the training loop calls it). A train step is
 forward + backward + Adam on one domain, domains round-robin; inference is the
 forward pass (logits) of the same batch. Each reported time is the median of
 `--steps` timed steps after `--warmup` untimed ones. voxels/s = batch × patch
@@ -194,21 +195,20 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   domains = [jax.device_put(jnp.int32(i), replicated) for i in range(len(DOMAINS))]
   lr = jnp.float32(3e-4)
 
+  # The step as training compiles and calls it (state as flat leaves, train/step.py).
   step_fn = train.make_train_step(parts, model, config, tx_shared, tx_domain)
-  jit_step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
-  example = {"image": image, "label": label, "domain": domains[0]}
   t0 = time.perf_counter()
-  lowered = jit_step.lower(state, example, lr, lr)
-  compiled = lowered.compile()
+  step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
+                                     0, 1.0, config.train)
   compile_s = time.perf_counter() - t0
-  flops = _cost(compiled)
+  flops = _cost(step.fn)
 
-  holder = {"state": state}
+  holder = {"leaves": jax.tree.leaves(state)}  # `state`'s arrays are donated on the first step
   losses = []
 
   def train_once(i):
     batch_i = {"image": image, "label": label, "domain": domains[i % len(DOMAINS)]}
-    holder["state"], out = compiled(holder["state"], batch_i, lr, lr)
+    holder["leaves"], out = step.fn(holder["leaves"], batch_i, lr, lr)
     losses.append(out["loss"])
     return out["loss"]
 
@@ -222,7 +222,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   def forward(params, x, d):
     return parts.merge(params)(x, d)
 
-  params = holder["state"]["params"]
+  params = jax.tree.unflatten(step.treedef, holder["leaves"])["params"]
   t0 = time.perf_counter()
   fwd = forward.lower(params, image, domains[0]).compile()
   infer_compile_s = time.perf_counter() - t0

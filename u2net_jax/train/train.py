@@ -46,7 +46,8 @@ from u2net_jax.train.summary import make_summary, print_table, write_summary
 
 __all__ = [
     "LoopState", "ModelParts", "Restored", "Run", "TrainingError", "architecture",
-    "build_train_state", "check_architecture", "domain_filter", "evaluate_workdir",
+    "build_train_state", "check_architecture", "compile_train_step", "domain_filter",
+    "evaluate_workdir",
     "extension_report", "independent_config", "itstime", "learning_rate", "make_mesh",
     "make_predict_fn", "make_summary", "make_train_step", "maybe_initialize_distributed",
     "print_table", "restore_params", "run_evaluation", "split_model", "train_and_evaluate",
