@@ -50,13 +50,9 @@ def offset_bins(patch, width: int) -> np.ndarray:
 
 
 def origins(shape, patch, stride: int) -> list[tuple[int, ...]]:
-  """Window origins every `stride` voxels, the last one on the far edge (volume ≥ patch)."""
-  per_axis = []
-  for n, p in zip(shape, patch):
-    starts = list(range(0, max(n - p, 0) + 1, stride))
-    if starts[-1] != max(n - p, 0):
-      starts.append(max(n - p, 0))
-    per_axis.append(starts)
+  """Window origins every `stride` voxels, the last one on the far edge (the evaluation's rule)."""
+  from u2net_jax.infer import sliding_window  # pylint: disable=g-import-not-at-top
+  per_axis = [sliding_window.window_starts(n, p, 1 - stride / p) for n, p in zip(shape, patch)]
   return list(itertools.product(*per_axis))
 
 
