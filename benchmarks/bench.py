@@ -62,6 +62,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import five_domain
+from u2net_jax import host_memory
 from u2net_jax.model import dense, depthwise, models
 from u2net_jax.train import train
 from u2net_jax.domains import DomainSpec
@@ -149,6 +150,11 @@ def _cost(compiled) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
+def _peak_rss_mb() -> float:
+  """The process's peak resident set so far, MB (Linux ru_maxrss is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
   for i in range(warmup):
     jax.block_until_ready(fn(i))
@@ -201,6 +207,8 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
                                      0, 1.0, config.train)
   compile_s = time.perf_counter() - t0
+  rss_compiled = _peak_rss_mb()
+  rss_resident = host_memory.rss_mb()  # after compile_train_step's release_free_memory
   flops = _cost(step.fn)
 
   holder = {"leaves": jax.tree.leaves(state)}  # `state`'s arrays are donated on the first step
@@ -215,6 +223,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   train_s, train_all = _median_time(train_once, steps, warmup)
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (steps + warmup)
+  rss_trained = _peak_rss_mb()
   if not all(np.isfinite(float(l)) for l in losses):
     raise RuntimeError("the benchmark's train step produced a non-finite loss")
 
@@ -244,6 +253,13 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "infer_voxels_per_s": voxels / infer_s,
       "compile_s": compile_s,
       "peak_rss_mb": None,  # filled in at the end
+      # ru_maxrss is a running peak: after the compile, after the train
+      # steps; `rss_after_compile_mb` is the resident set once the compiler's
+      # freed heap went back to the OS (u2net_jax/host_memory.py).
+      "peak_rss_after_compile_mb": rss_compiled,
+      "rss_after_compile_mb": rss_resident,
+      "peak_rss_after_train_mb": rss_trained,
+      "train_memory": memory_summary(step.fn),
       "flops_per_step": flops,
       "achieved_gflops": flops / train_s / 1e9,
       # Extra context.
@@ -283,7 +299,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
                                     p["batch_per_device"], dev, channels=model.max_in_channels,
                                     num_classes=model.max_num_classes))
   out["peak_device_mb"] = _device_peak_mb(dev)
-  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  out["peak_rss_mb"] = _peak_rss_mb()
   return out
 
 

@@ -20,7 +20,8 @@ tests/test_layout.py, which also finds no import cycle between modules):
                                                     → core only
   core     errors, io (atomic writes), domains (DomainSpec), config (typed,
            frozen configs: every key's type and default), options (named
-           config choices), metrics, logging_utils → nothing of u2net_jax
+           config choices), metrics, logging_utils, host_memory (returning
+           freed heap to the OS)                    → nothing of u2net_jax
 
 Loading an export (`infer/exported.py`), and telling one from a workdir
 (`infer/model_source.py`), imports neither Flax nor `model/`.
