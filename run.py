@@ -9,6 +9,12 @@ r"""u2net_jax command line: one entry point, dispatch on --mode.
 import sys
 import traceback
 
+from u2net_jax import host_memory
+
+if __name__ == "__main__":
+  # First, before JAX is imported: glibc reads its malloc tunables at start-up.
+  host_memory.restart_with_hugepages()
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags

@@ -36,8 +36,9 @@ forward pass (logits) of the same batch. Each reported time is the median of
 voxels / median time. `flops_per_step` is XLA's cost analysis of the compiled
 train step; `achieved_gflops` = flops_per_step / train_step_s. `compile_s` is
 tracing + lowering + compiling the train step (no persistent cache).
-With `--hugepages` the script restarts itself with glibc's malloc using
-transparent huge pages (see `reexec_with_hugepages`).
+Like `run.py`, the script restarts itself with glibc's malloc using
+transparent huge pages (`u2net_jax/host_memory.py`); `--no_hugepages` keeps
+the environment as it is.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -570,28 +570,6 @@ def analyze(preset: str, impl: str = "lax", dense_impl: str = "lax",
   return out
 
 
-HUGEPAGES = "glibc.malloc.hugetlb=1"
-
-
-def reexec_with_hugepages() -> None:
-  """Restarts this process with glibc's malloc asking for transparent huge pages.
-
-  XLA's CPU runtime takes fresh memory for a step's buffers every step (for
-  the cpu preset's train step ~750k page faults, ~3 GB, each page zeroed by
-  the kernel on first touch). With `glibc.malloc.hugetlb=1` (glibc ≥ 2.35,
-  transparent huge pages in 'madvise' or 'always' mode) those buffers come in
-  2 MiB pages: ~200× fewer faults. glibc reads tunables only at start-up,
-  hence the re-exec (with `--hugepages`; by default the environment is used
-  as it is, as in a training run).
-  """
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
-    return
-  env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{HUGEPAGES}" if tunables else HUGEPAGES)
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, os.path.abspath(sys.argv[0])] + sys.argv[1:], env)
-
-
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
@@ -609,11 +587,13 @@ def main(argv=None) -> dict:
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
   ap.add_argument("--no_window", action="store_true", help="skip the sliding-window benchmark")
   ap.add_argument("--out", default="", help="also write the JSON object to this file")
-  ap.add_argument("--hugepages", action="store_true",
-                  help="restart with huge-page malloc (see reexec_with_hugepages)")
+  ap.add_argument("--no_hugepages", action="store_true",
+                  help="keep the environment's malloc (default: restart with huge pages, as "
+                       "run.py does: u2net_jax/host_memory.py)")
+  ap.add_argument("--hugepages", action="store_true", help="the default; kept for old commands")
   args = ap.parse_args(argv)
-  if argv is None and args.hugepages:
-    reexec_with_hugepages()
+  if argv is None and not args.no_hugepages:
+    host_memory.restart_with_hugepages()
   if args.analyze:
     result = analyze(args.preset, impl=args.impl or "lax", dense_impl=args.dense_impl or "lax",
                      remat=args.remat)

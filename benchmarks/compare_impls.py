@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench  # pylint: disable=g-import-not-at-top
+from u2net_jax import host_memory
 from u2net_jax.train import train
 
 
@@ -81,10 +82,12 @@ def main():
   ap.add_argument("--preset", default="cpu", choices=sorted(bench.PRESETS))
   ap.add_argument("--impls", default="shift,fused")
   ap.add_argument("--rounds", type=int, default=5)
-  ap.add_argument("--hugepages", action="store_true", help="see bench.reexec_with_hugepages")
+  ap.add_argument("--no_hugepages", action="store_true",
+                  help="keep the environment's malloc (default: huge pages, as run.py)")
+  ap.add_argument("--hugepages", action="store_true", help="the default; kept for old commands")
   args = ap.parse_args()
-  if args.hugepages:
-    bench.reexec_with_hugepages()
+  if not args.no_hugepages:
+    host_memory.restart_with_hugepages()
   impls = args.impls.split(",")
   built = {}
   from u2net_jax.model import layers  # pylint: disable=g-import-not-at-top

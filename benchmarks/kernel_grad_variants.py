@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
-from benchmarks import bench  # pylint: disable=g-import-not-at-top
+from u2net_jax import host_memory
 from u2net_jax.model import depthwise
 
 
@@ -54,10 +54,12 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--shapes", default="2x64x64x64x16,2x16x16x16x64")
   ap.add_argument("--variants", default=",".join(VARIANTS))
-  ap.add_argument("--hugepages", action="store_true", help="see bench.reexec_with_hugepages")
+  ap.add_argument("--no_hugepages", action="store_true",
+                  help="keep the environment's malloc (default: huge pages, as run.py)")
+  ap.add_argument("--hugepages", action="store_true", help="the default; kept for old commands")
   args = ap.parse_args()
-  if args.hugepages:
-    bench.reexec_with_hugepages()
+  if not args.no_hugepages:
+    host_memory.restart_with_hugepages()
   names = args.variants.split(",")
   for spec in args.shapes.split(","):
     shape = tuple(int(v) for v in spec.split("x"))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench  # pylint: disable=g-import-not-at-top
+from u2net_jax import host_memory
 from u2net_jax.train import train
 
 
@@ -87,10 +88,12 @@ def main():
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--top", type=int, default=40)
   ap.add_argument("--hlo", default="")
-  ap.add_argument("--hugepages", action="store_true", help="see bench.reexec_with_hugepages")
+  ap.add_argument("--no_hugepages", action="store_true",
+                  help="keep the environment's malloc (default: huge pages, as run.py)")
+  ap.add_argument("--hugepages", action="store_true", help="the default; kept for old commands")
   args = ap.parse_args()
-  if args.hugepages:
-    bench.reexec_with_hugepages()
+  if not args.no_hugepages:
+    host_memory.restart_with_hugepages()
 
   p = bench.PRESETS[args.preset]
   config = bench.make_config(args.preset, args.impl)

@@ -53,13 +53,19 @@ voxels / median time. Eager mode compiles nothing: `compile_s` is 0 and
 
 from __future__ import annotations
 
+import os
+import sys
+
+# This script runs in a side venv that has torch but not this project
+# installed: the repository root must be importable for `benchmarks.cpu_info`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from benchmarks import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import resource
 import statistics

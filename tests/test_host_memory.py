@@ -1,5 +1,7 @@
 """Returning freed heap to the OS (what keeps training's RSS down after the compile)."""
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -26,3 +28,29 @@ def test_rss_is_reported_in_megabytes():
     assert 10 < rss < 1e6
   else:
     assert rss is None
+
+
+RESTART = """
+import os
+from u2net_jax import host_memory
+print("pid", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+host_memory.restart_with_hugepages()
+print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""))
+"""
+
+
+@pytest.mark.skipif(not host_memory.hugepages_wanted({}), reason="no THP-capable Linux here")
+def test_restart_keeps_the_process_and_adds_the_huge_page_tunable():
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "U2NET_HUGEPAGES")}
+  env["GLIBC_TUNABLES"] = "glibc.malloc.arena_max=4"  # the user's own tunables are kept
+  out = subprocess.run([sys.executable, "-c", RESTART], env=env, capture_output=True,
+                       text=True, timeout=60, check=True).stdout.split("\n")
+  first = out[0].split()
+  # Printed once before the restart (old environment), then by the restarted image.
+  assert out[1] == f"pid {first[1]} glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+  assert out[2] == f"after {first[1]} glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+
+
+def test_restart_is_skipped_when_asked_or_already_set():
+  assert not host_memory.hugepages_wanted({"U2NET_HUGEPAGES": "0"})
+  assert not host_memory.hugepages_wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
