@@ -177,8 +177,12 @@ def _device_peak_mb(device) -> float | None:
 
 def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
         window: bool = True, seed: int = 0, dense_impl: str = "auto",
-        remat: bool = False) -> dict:
-  """Runs the benchmark; returns the result dict (see REQUIRED_KEYS)."""
+        remat: bool = False, keep_heap: bool = False) -> dict:
+  """Runs the benchmark; returns the result dict (see REQUIRED_KEYS).
+
+  keep_heap: leave the compiler's freed heap resident (training returns it
+  to the OS: u2net_jax/host_memory.py), to measure what that changes.
+  """
   p = PRESETS[preset]
   config = make_config(preset, impl, dense_impl, remat)
   mesh = train.make_mesh(0)
@@ -205,7 +209,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   step_fn = train.make_train_step(parts, model, config, tx_shared, tx_domain)
   t0 = time.perf_counter()
   step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
-                                     0, 1.0, config.train)
+                                     0, 1.0, config.train, release_memory=not keep_heap)
   compile_s = time.perf_counter() - t0
   rss_compiled = _peak_rss_mb()
   rss_resident = host_memory.rss_mb()  # after compile_train_step's release_free_memory
@@ -273,6 +277,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "features": list(model.features),
       "compute_dtype": p["compute_dtype"],
       "remat": remat,
+      "keep_heap": keep_heap,
       "steps": steps,
       "warmup": warmup,
       "train_step_s_all": [round(t, 4) for t in train_all],
@@ -583,6 +588,8 @@ def main(argv=None) -> dict:
                   help="compile only: XLA cost/memory analysis and roofline projection")
   ap.add_argument("--remat", action="store_true",
                   help="model.remat (with --analyze: also analyze the train step with it)")
+  ap.add_argument("--keep_heap", action="store_true",
+                  help="do not return the compiler's freed heap to the OS (training does)")
   ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
   ap.add_argument("--no_window", action="store_true", help="skip the sliding-window benchmark")
@@ -600,7 +607,7 @@ def main(argv=None) -> dict:
   else:
     result = run(args.preset, impl=args.impl or "auto", steps=args.steps, warmup=args.warmup,
                  window=not args.no_window, dense_impl=args.dense_impl or "auto",
-                 remat=args.remat)
+                 remat=args.remat, keep_heap=args.keep_heap)
   text = json.dumps(result)
   print(text)
   if args.out:

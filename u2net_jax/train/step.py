@@ -108,15 +108,16 @@ class CompiledStep(NamedTuple):
 
 
 def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: int, start: int,
-                       plateau_scale: float, tcfg, meanwhile: Callable[[], object] = lambda: None
-                       ) -> tuple[CompiledStep, object]:
+                       plateau_scale: float, tcfg, meanwhile: Callable[[], object] = lambda: None,
+                       release_memory: bool = True) -> tuple[CompiledStep, object]:
   """Compiles `step_fn` for global batches (batch_size, *patch, channels) while `meanwhile()` runs.
 
   Traced from the batch's shapes alone (no data needed), then compiled in a
   background thread: XLA's compiler releases the GIL, so on a 2-core CPU the
   first run's data build (`meanwhile`) overlaps the compile. Returns the
   compiled step and what `meanwhile` returned (its exceptions propagate, after
-  the compile ends).
+  the compile ends). `release_memory`: return the compiler's freed heap to
+  the OS afterwards (`host_memory.release_free_memory`; off only to measure it).
   """
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
@@ -164,5 +165,6 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
       compiled, seconds = pending.result()
   # The compiler's freed heap (~1 GB on the cpu preset) would otherwise stay
   # resident under the step's buffers (host_memory.py).
-  host_memory.release_free_memory()
+  if release_memory:
+    host_memory.release_free_memory()
   return CompiledStep(compiled, to_global, trace_s, seconds, treedef), result
