@@ -150,11 +150,6 @@ def _cost(compiled) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
-def _peak_rss_mb() -> float:
-  """The process's peak resident set so far, MB (Linux ru_maxrss is in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _median_time(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
   for i in range(warmup):
     jax.block_until_ready(fn(i))
@@ -211,7 +206,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
                                      0, 1.0, config.train, release_memory=not keep_heap)
   compile_s = time.perf_counter() - t0
-  rss_compiled = _peak_rss_mb()
+  rss_compiled = host_memory.peak_rss_mb()
   rss_resident = host_memory.rss_mb()  # after compile_train_step's release_free_memory
   flops = _cost(step.fn)
 
@@ -227,7 +222,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   train_s, train_all = _median_time(train_once, steps, warmup)
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (steps + warmup)
-  rss_trained = _peak_rss_mb()
+  rss_trained = host_memory.peak_rss_mb()
   if not all(np.isfinite(float(l)) for l in losses):
     raise RuntimeError("the benchmark's train step produced a non-finite loss")
 
@@ -304,7 +299,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
                                     p["batch_per_device"], dev, channels=model.max_in_channels,
                                     num_classes=model.max_num_classes))
   out["peak_device_mb"] = _device_peak_mb(dev)
-  out["peak_rss_mb"] = _peak_rss_mb()
+  out["peak_rss_mb"] = host_memory.peak_rss_mb()
   return out
 
 
@@ -569,7 +564,7 @@ def analyze(preset: str, impl: str = "lax", dense_impl: str = "lax",
       "cpu_model": cpu_info.cpu_model(),
       "cpu_vector_flags": cpu_info.cpu_vector_flags(),
       "cpu_count": os.cpu_count(),
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "peak_rss_mb": host_memory.peak_rss_mb(),
       "date": datetime.date.today().isoformat(),
   }
   return out

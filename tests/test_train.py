@@ -193,6 +193,7 @@ def test_smoke_run_writes_summary_checkpoints_and_logs(reference_run):
     assert 0.0 <= d["mean_dice"] <= 1.0 and d["cases"] == 2
     assert set(d) >= {"dice", "mean_dice", "hd95_mm", "cases", "threshold_baseline_dice"}
   assert summary["params"]["total"] > 0 and summary["train_seconds"] > 0
+  assert summary["peak_rss_mb"] > 100 and isinstance(summary["huge_pages"], bool)
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))

@@ -91,6 +91,18 @@ def release_free_memory() -> bool:
   return True
 
 
+def peak_rss_mb() -> float:
+  """The process's peak resident set so far, MB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+  import resource  # pylint: disable=g-import-not-at-top — not on Windows
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+
+
+def huge_pages_on() -> bool:
+  """Whether this process started with glibc's huge-page malloc (`restart_with_hugepages`)."""
+  return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+
+
 def rss_mb() -> float | None:
   """The process's resident set now, MB (Linux /proc; None elsewhere)."""
   try:

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from u2net_jax import config as config_lib
-from u2net_jax import config_utils, logging_utils
+from u2net_jax import config_utils, host_memory, logging_utils
 from u2net_jax.data import datasets
 from u2net_jax.errors import ConfigError
 from u2net_jax.model import models
@@ -226,6 +226,9 @@ def _final_evaluation(run: Run, ls: LoopState, base: extend.Base | None) -> dict
   summary = make_summary(ls.step, run.config.model.mode, results, run.data.meta, run.counts,
                          ls.train_seconds)
   summary["compile_seconds"] = run.step.seconds
+  # Host memory of this process so far (training and the final evaluation's windows).
+  summary["peak_rss_mb"] = round(host_memory.peak_rss_mb(), 1)
+  summary["huge_pages"] = host_memory.huge_pages_on()
   if ls.loss_plateau is not None:
     summary["lr_scale"] = ls.loss_plateau.scale
     summary["stopped_by_lr_floor"] = ls.loss_plateau.stopped
