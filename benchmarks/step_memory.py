@@ -1,0 +1,133 @@
+r"""The `cpu` preset's train step under memory/compile variants, each in a fresh process.
+
+Usage:
+  python benchmarks/step_memory.py [--variants=default,remat_level,remat_unit,terms8,terms4,terms2]
+      [--out FILE]
+  XLA_FLAGS=--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE python benchmarks/step_memory.py
+
+Variants (everything else as `bench.py --preset=cpu`, `fused` depthwise and
+`shift` dense convolutions fixed, so that the autotuner does not run):
+  default       the model as trained.
+  remat_level   `model.remat=true` (each encoder/decoder level under nnx.remat).
+  remat_unit    every `ConvUnit` under nnx.remat (an experiment, not an option).
+  termsN        `fused`'s kernel gradient with N unrolled terms per loop trip
+                (`depthwise._kernel_grad_acc`, default 16).
+Per variant, one JSON line: compile seconds (cold: no persistent cache),
+XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
+the median of 3 train steps after 2 warm-up steps, the final loss, the peak
+RSS and the RSS after the compile. Each variant runs in its own process (a
+fresh compiler heap; huge-page malloc as run.py unless --no_hugepages);
+XLA_FLAGS from the environment apply to every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from u2net_jax import host_memory
+
+VARIANTS = ("default", "remat_level", "remat_unit", "terms8", "terms4", "terms2")
+
+
+def _apply(variant: str) -> bool:
+  """Patches the model code for `variant`; returns whether model.remat is on."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise, layers  # pylint: disable=g-import-not-at-top
+  if variant.startswith("terms"):
+    depthwise._kernel_grad_acc.__defaults__ = (int(variant[len("terms"):]),)  # pylint: disable=protected-access
+  elif variant == "remat_unit":
+    plain = layers.ConvUnit.__call__
+
+    def call(self, x, sel, *args, **kw):
+      return nnx.remat(lambda mod, y: plain(mod, y, sel, *args, **kw))(self, x)
+    layers.ConvUnit.__call__ = call
+  elif variant not in ("default", "remat_level"):
+    raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS} or termsN")
+  return variant == "remat_level"
+
+
+def measure(variant: str) -> dict:
+  """Compiles and runs the cpu preset's train step under `variant` (in this process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  import numpy as np
+
+  from benchmarks import bench  # pylint: disable=g-import-not-at-top
+  from u2net_jax.train import train
+
+  remat = _apply(variant)
+  config = bench.make_config("cpu", "fused", "shift", remat=remat)
+  mesh = train.make_mesh(0)
+  batch, patch = 2, (64, 64, 64)
+  config.train.batch_size = batch
+  model, parts, state, tx_s, tx_d = train.build_train_state(
+      config, bench.domain_specs(patch[0], "cpu"), mesh)
+  step_fn = train.make_train_step(parts, model, config, tx_s, tx_d)
+  t0 = time.perf_counter()
+  step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
+                                     0, 1.0, config.train)
+  compile_s = time.perf_counter() - t0
+  rss_compiled = host_memory.rss_mb()
+  memory = bench.memory_summary(step.fn)
+  rng = np.random.default_rng(0)
+  image = jax.device_put(rng.standard_normal((batch, *patch, 1), np.float32))
+  label = jax.device_put((rng.random((batch, *patch)) < 0.3).astype(np.int32))
+  leaves = jax.tree.leaves(state)
+  del state
+  lr = jnp.float32(3e-4)
+  times = []
+  for i in range(5):
+    t0 = time.perf_counter()
+    leaves, out = step.fn(leaves, {"image": image, "label": label, "domain": jnp.int32(i % 5)},
+                          lr, lr)
+    jax.block_until_ready(out["loss"])
+    times.append(time.perf_counter() - t0)
+  return {
+      "variant": variant,
+      "compile_s": round(compile_s, 2),
+      "temp_mb": round(memory["temp_size_in_bytes"] / 2 ** 20, 1),
+      "train_step_s": round(statistics.median(times[2:]), 4),
+      "train_step_s_all": [round(t, 4) for t in times[2:]],
+      "final_loss": float(out["loss"]),
+      "rss_after_compile_mb": rss_compiled,
+      "peak_rss_mb": host_memory.peak_rss_mb(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+  }
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--variants", default=",".join(VARIANTS))
+  ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process's variant
+  ap.add_argument("--out", default="", help="also append the JSON lines to this file")
+  ap.add_argument("--no_hugepages", action="store_true",
+                  help="keep the environment's malloc (default: huge pages, as run.py)")
+  args = ap.parse_args()
+  if args.one:
+    print(json.dumps(measure(args.one)), flush=True)
+    return
+  if not args.no_hugepages:
+    host_memory.restart_with_hugepages()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold compile every time
+  for variant in args.variants.split(","):
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={variant}"],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+      raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    if args.out:
+      with open(args.out, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  main()
