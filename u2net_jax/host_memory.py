@@ -100,7 +100,7 @@ def peak_rss_mb() -> float:
 
 def huge_pages_on() -> bool:
   """Whether this process started with glibc's huge-page malloc (`restart_with_hugepages`)."""
-  return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+  return HUGEPAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def rss_mb() -> float | None:
