@@ -15,7 +15,8 @@ Variants (everything else as `bench.py --preset=cpu`, `fused` depthwise and
 Per variant, one JSON line: compile seconds (cold: no persistent cache),
 XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
 the median of 3 train steps after 2 warm-up steps, the final loss, the peak
-RSS and the RSS after the compile. Each variant runs in its own process (a
+RSS, and the RSS before the compile (interpreter, JAX, train state), after
+it, and at the end once the compiled step is deleted. Each variant runs in its own process (a
 fresh compiler heap; huge-page malloc as run.py unless --no_hugepages);
 XLA_FLAGS from the environment apply to every variant.
 """
@@ -69,6 +70,8 @@ def measure(variant: str) -> dict:
   model, parts, state, tx_s, tx_d = train.build_train_state(
       config, bench.domain_specs(patch[0], "cpu"), mesh)
   step_fn = train.make_train_step(parts, model, config, tx_s, tx_d)
+  host_memory.release_free_memory()
+  rss_state = host_memory.rss_mb()  # interpreter, JAX, the train state
   t0 = time.perf_counter()
   step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
                                      0, 1.0, config.train)
@@ -88,15 +91,23 @@ def measure(variant: str) -> dict:
                           lr, lr)
     jax.block_until_ready(out["loss"])
     times.append(time.perf_counter() - t0)
+  loss = float(out["loss"])
+  del out
+  peak = host_memory.peak_rss_mb()
+  step = None  # the compiled executable: what deleting it gives back
+  host_memory.release_free_memory()
+  rss_no_executable = host_memory.rss_mb()
   return {
       "variant": variant,
       "compile_s": round(compile_s, 2),
       "temp_mb": round(memory["temp_size_in_bytes"] / 2 ** 20, 1),
       "train_step_s": round(statistics.median(times[2:]), 4),
       "train_step_s_all": [round(t, 4) for t in times[2:]],
-      "final_loss": float(out["loss"]),
+      "final_loss": loss,
+      "rss_before_compile_mb": rss_state,
       "rss_after_compile_mb": rss_compiled,
-      "peak_rss_mb": host_memory.peak_rss_mb(),
+      "rss_without_executable_mb": rss_no_executable,
+      "peak_rss_mb": peak,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }

@@ -5,7 +5,7 @@ step (1.86 GB on the `cpu` preset: ~476,000 4 KiB page faults, each page
 zeroed by the kernel on first touch). With glibc's
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc ≥ 2.35; transparent huge
 pages in `madvise` or `always` mode) those come in 2 MiB pages: ~3,000
-faults, and the step 1.65–1.76 → 1.34 s (BENCHMARKS.md, "Host memory").
+faults, and the step 1.58–1.65 → 1.32–1.33 s (BENCHMARKS.md, "Host memory").
 glibc reads tunables only at start-up, so `run.py` restarts itself once with
 it (`restart_with_hugepages`; `U2NET_HUGEPAGES=0` keeps the environment).
 
@@ -14,8 +14,8 @@ passes and LLVM code generation, partly in compiler threads, each with its
 own glibc arena). Freed, those pages stay in glibc's arenas, so the process's
 resident set stays that much higher while the step's buffers (1.9 GB on the
 `cpu` preset) are allocated on top of it. `malloc_trim(0)` returns them:
-`benchmarks/bench.py --preset=cpu` peak RSS 3,966 → 3,023 MB (BENCHMARKS.md;
-without huge pages that also made the step 7–9 % slower, with them it does not).
+`benchmarks/bench.py --preset=cpu` peak RSS 3,949 → 3,026 MB (BENCHMARKS.md;
+without huge pages that also made the step 4 % slower, with them it does not).
 """
 
 from __future__ import annotations
