@@ -203,7 +203,7 @@ def _fused_conv(x, kernel, stride):
   return _shift_forward(x, kernel, stride)
 
 
-def _taps_blocked(xp, kernel, out_shape, stride, block=_BLOCK):
+def _taps_blocked(xp, kernel, out_shape, stride, seed, block=_BLOCK):
   """`_taps` over blocks of (one batch element, `block` output depth planes), in a loop.
 
   The loop is what makes XLA write the padded input once: given the k³ slices
@@ -226,13 +226,21 @@ def _taps_blocked(xp, kernel, out_shape, stride, block=_BLOCK):
     xp = jnp.pad(xp, ((0, 0), (0, stride * extra), (0, 0), (0, 0), (0, 0)))
   slab = stride * (bs - 1) + k
 
-  def body(i):
+  def body(i, out):
     xs = lax.dynamic_slice(xp, (i // nb, (i % nb) * bs * stride, 0, 0, 0),
                            (1, slab) + xp.shape[2:])
-    return _taps(xs, kernel, (bs, out_shape[1], out_shape[2]), stride)
+    blk = _taps(xs, kernel, (bs, out_shape[1], out_shape[2]), stride)
+    return lax.dynamic_update_slice(out, blk, (i // nb, (i % nb) * bs, 0, 0, 0))
 
-  out = lax.map(body, jnp.arange(n * nb))  # (n·nb, 1, bs, oh, ow, c)
-  out = out.reshape(n, nb * bs, out_shape[1], out_shape[2], c)
+  # The output buffer's initial value is never read (every block is written),
+  # but it is computed from `seed`, a value of this loop's own input (not a
+  # padding zero, which XLA would fold): a constant zero buffer of the same
+  # shape is shared by XLA among all such loops of a train step, copied once
+  # per loop, and those copies were live long before their loops ran
+  # (BENCHMARKS.md "Host memory").
+  init = lax.broadcast(lax.mul(seed, jnp.zeros((), xp.dtype)),
+                       (n, nb * bs, out_shape[1], out_shape[2], c))
+  out = lax.fori_loop(0, n * nb, body, init)
   return out[:, :od] if extra else out
 
 
@@ -284,7 +292,8 @@ def _input_grad(g, kernel, spatial, stride):
     cfg.append((low, high, stride - 1))
   cfg.append((0, 0, 0))
   gp = lax.pad(g, jnp.zeros((), g.dtype), cfg)
-  return _taps_blocked(gp, kernel[::-1, ::-1, ::-1].astype(g.dtype), spatial, 1)
+  seed = lax.reshape(lax.slice(g, (0,) * 5, (1,) * 5), ())
+  return _taps_blocked(gp, kernel[::-1, ::-1, ::-1].astype(g.dtype), spatial, 1, seed)
 
 
 def _kernel_grad_acc(x, g, k, stride, terms=16):
@@ -307,8 +316,8 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
     nb = -(-od // bs)
   extra = nb * bs - od
   g = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
-  xp = jnp.pad(x, ((0, 0), (pads[0][0], pads[0][1] + stride * extra), pads[1], pads[2], (0, 0)))
   slab = stride * (bs - 1) + k
+  x_slab = _padded_slabs(x, pads, slab, bs * stride, stride * extra)
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
   # In lax primitives, each (batch element, plane) of the cotangent sliced
@@ -327,7 +336,7 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
     return total
 
   def body(blk, acc):
-    xs = lax.dynamic_slice_in_dim(xp, blk * bs * stride, slab, axis=1)
+    xs = x_slab(blk)
     gs = lax.dynamic_slice_in_dim(g, blk * bs, bs, axis=1)
     planes = [[lax.squeeze(lax.slice_in_dim(lax.slice_in_dim(gs, i, i + 1, axis=0),
                                             j, j + 1, axis=1), (0, 1))
@@ -338,6 +347,33 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
   zero = tuple(jnp.zeros((oh, ow, c), acc_dtype) for _ in range(k ** 3))
   acc = lax.fori_loop(0, nb, body, zero)
   return jnp.stack([jnp.sum(s, axis=(0, 1)) for s in acc]).reshape(k, k, k, c)
+
+
+def _padded_slabs(x, pads, slab, step, extra):
+  """Returns blk ↦ rows [blk·step, blk·step + slab) of x zero-padded by `pads` (+ `extra` at the end).
+
+  The same values as slicing `jnp.pad(x, ...)`, without the full-size padded
+  copy: given that, XLA shares it with the forward pass's padded input and
+  keeps it alive from the forward to the backward — at the top level 400 MB
+  of the `cpu` preset's train step beside `x` itself (BENCHMARKS.md "Host
+  memory"). Here each loop trip slices `slab` depth planes of x (the start
+  clamped into the volume), pads them, and shifts the clamped rows back into
+  place with a second slice, so rows outside the volume are zeros.
+  """
+  depth = x.shape[1]
+  lo = pads[0][0]
+  if depth < slab:  # small volumes: one padded copy is small too
+    xp = jnp.pad(x, ((0, 0), (lo, pads[0][1] + extra), pads[1], pads[2], (0, 0)))
+    return lambda blk: lax.dynamic_slice_in_dim(xp, blk * step, slab, axis=1)
+  cfg = [(0, 0, 0), (slab, slab, 0), (*pads[1], 0), (*pads[2], 0), (0, 0, 0)]
+
+  def x_slab(blk):
+    first = blk * step - lo  # first row of x this slab needs (may be < 0 or run past the end)
+    start = jnp.clip(first, 0, depth - slab)
+    rows = lax.pad(lax.dynamic_slice_in_dim(x, start, slab, axis=1),
+                   jnp.zeros((), x.dtype), cfg)
+    return lax.dynamic_slice_in_dim(rows, slab + first - start, slab, axis=1)
+  return x_slab
 
 
 def depthwise_conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1,
