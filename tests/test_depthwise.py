@@ -73,6 +73,30 @@ def test_bad_inputs_raise_value_errors():
     depthwise.depthwise_conv3d(x[0], w, 1)
   with pytest.raises(ValueError, match="stride"):
     depthwise.depthwise_conv3d(x, w, 3)
+  with pytest.raises(ValueError, match="parts"):  # parts of different sizes
+    depthwise.depthwise_conv3d((x, x[:, :3]), jnp.zeros((3, 3, 3, 4)), 1)
+
+
+@pytest.mark.parametrize("impl", ["fused", "shift", "lax"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_parts_equal_their_concatenation(impl, stride):
+  # A decoder passes (upsampled, skip) as parts: the same numbers as
+  # concatenating them first, values and gradients, for every impl.
+  (a, _), (b, _) = _inputs((2, 7, 6, 8, 3), seed=8), _inputs((2, 7, 6, 8, 2), seed=9)
+  _, w = _inputs((1, 1, 1, 1, 5), seed=10)
+  cot = jax.random.normal(jax.random.key(11), (2, -(-7 // stride), 3 if stride == 2 else 6,
+                                               4 if stride == 2 else 8, 5))
+
+  def loss(joined):
+    def f(a, b, w):
+      x = jnp.concatenate([a, b], axis=-1) if joined else (a, b)
+      return jnp.sum(depthwise.depthwise_conv3d(x, w, stride, impl) * cot)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+  (v_ref, g_ref), (v, g) = loss(True)(a, b, w), loss(False)(a, b, w)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+  for got, ref in zip(g, g_ref):
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
 # -- the 'fused' fast path (custom VJP: blocked shifts, elementwise kernel grad) ---

@@ -195,12 +195,22 @@ def depthwise_conv3d_fused(x: jax.Array, kernel: jax.Array, stride: int = 1) -> 
   Same values and gradients as 'lax' up to float rounding (tested).
   """
   _check(x, kernel, stride)
-  return _fused_conv(x, kernel, stride)
+  return _fused_conv((x,), kernel, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fused_conv(x, kernel, stride):
-  return _shift_forward(x, kernel, stride)
+def _fused_conv(parts, kernel, stride):
+  """'fused' conv of `concatenate(parts, -1)`; the backward pass keeps the parts.
+
+  Given the concatenation, the train step would keep it from the forward to
+  the backward pass beside the parts (which their own producers keep anyway):
+  a decoder's concatenated skip connection at full resolution.
+  """
+  return _shift_forward(_concat(parts), kernel, stride)
+
+
+def _concat(parts):
+  return parts[0] if len(parts) == 1 else lax.concatenate(list(parts), 4)
 
 
 def _taps_blocked(xp, kernel, out_shape, stride, seed, block=_BLOCK):
@@ -261,17 +271,26 @@ def _taps(xp, kernel, out_shape, stride):
   return out
 
 
-def _fused_fwd(x, kernel, stride):
+def _fused_fwd(parts, kernel, stride):
   # The forward's k³ slices are fused well as they are (blocking it measured
   # no faster in the train step); only the backward needs the loops.
-  return _shift_forward(x, kernel, stride), (x, kernel)
+  return _shift_forward(_concat(parts), kernel, stride), (parts, kernel)
 
 
 def _fused_bwd(stride, res, g):
-  x, kernel = res
-  dx = _input_grad(g, kernel, x.shape[1:4], stride).astype(x.dtype)
-  dk = _kernel_grad_acc(x, g, kernel.shape[0], stride)
-  return dx, dk.astype(kernel.dtype)
+  parts, kernel = res
+  dx = _input_grad(g, kernel, parts[0].shape[1:4], stride)
+  k = kernel.shape[0]
+  if len(parts) == 1:
+    return (dx.astype(parts[0].dtype),), _kernel_grad_acc(parts[0], g, k, stride).astype(
+        kernel.dtype)
+  dparts, dk, start = [], [], 0
+  for p in parts:  # per channel, so each part's kernel gradient is its own
+    stop = start + p.shape[4]
+    dparts.append(lax.slice_in_dim(dx, start, stop, axis=4).astype(p.dtype))
+    dk.append(_kernel_grad_acc(p, lax.slice_in_dim(g, start, stop, axis=4), k, stride))
+    start = stop
+  return tuple(dparts), lax.concatenate(dk, 3).astype(kernel.dtype)
 
 
 _fused_conv.defvjp(_fused_fwd, _fused_bwd)
@@ -376,12 +395,15 @@ def _padded_slabs(x, pads, slab, step, extra):
   return x_slab
 
 
-def depthwise_conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1,
+def depthwise_conv3d(x, kernel: jax.Array, stride: int = 1,
                      impl: str = "auto") -> jax.Array:
   """Depthwise 3D conv, 'SAME' padding.
 
   Args:
-    x: (B, D, H, W, C).
+    x: (B, D, H, W, C), or a tuple of (B, D, H, W, C_i) parts to be
+      concatenated along channels (C = Σ C_i): the same result as
+      concatenating them first, but 'fused' then keeps only the parts for the
+      backward pass, not their concatenation.
     kernel: (k, k, k, C), one k³ filter per channel.
     stride: 1 or 2 (same on all axes).
     impl: 'lax' (grouped conv), 'shift' (fused shifted multiply-adds),
@@ -391,10 +413,25 @@ def depthwise_conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     (B, ceil(D/s), ceil(H/s), ceil(W/s), C).
   """
   impl = resolve_impl(impl)
+  parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+  whole = parts[0] if len(parts) == 1 else _whole(parts)
+  _check(whole, kernel, stride)
   if SHAPES is not None:  # model.autotune records the calls' shapes
-    SHAPES.append((tuple(x.shape), tuple(kernel.shape), stride, str(x.dtype)))
+    SHAPES.append((tuple(whole.shape), tuple(kernel.shape), stride, str(whole.dtype)))
+  if impl == "fused":
+    return _fused_conv(parts, kernel, stride)
+  x = _concat(parts)
   if impl == "lax":
     return depthwise_conv3d_lax(x, kernel, stride)
-  if impl == "fused":
-    return depthwise_conv3d_fused(x, kernel, stride)
   return depthwise_conv3d_shift(x, kernel, stride)
+
+
+def _whole(parts):
+  """The shape and dtype of the concatenation of `parts` (checked)."""
+  first = parts[0]
+  if any(p.ndim != 5 or p.shape[:4] != first.shape[:4] or p.dtype != first.dtype
+         for p in parts):
+    raise InputError(
+        "depthwise_conv3d expects parts of shape (B, D, H, W, C_i) with equal (B, D, H, W) "
+        f"and dtype, got {[(tuple(p.shape), str(p.dtype)) for p in parts]}.")
+  return jax.ShapeDtypeStruct(first.shape[:4] + (sum(p.shape[4] for p in parts),), first.dtype)

@@ -295,9 +295,21 @@ class DepthwiseConv(nnx.Module):
     self.impl = depthwise.resolve_impl(impl)
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+  def __call__(self, x, sel: DomainSelector) -> jax.Array:
+    """x: (B, D, H, W, C) or channel parts (see `depthwise.depthwise_conv3d`)."""
     kernel = sel.read(self.kernel).astype(self.dtype)
-    return depthwise.depthwise_conv3d(x.astype(self.dtype), kernel, self.stride, self.impl)
+    parts = tuple(p.astype(self.dtype) for p in _parts(x))
+    return depthwise.depthwise_conv3d(parts, kernel, self.stride, self.impl)
+
+
+def _parts(x) -> tuple:
+  return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _joined(x) -> jax.Array:
+  """Channel parts concatenated."""
+  parts = _parts(x)
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 class ConvUnit(nnx.Module):
@@ -352,11 +364,19 @@ class ConvUnit(nnx.Module):
                             names=names, dtype=dtype, impl=dense_impl, rngs=rngs)
     self.norm = InstanceNorm(out_features, names, rngs=rngs)
 
-  def __call__(self, x: jax.Array, sel: DomainSelector) -> jax.Array:
+  def __call__(self, x, sel: DomainSelector) -> jax.Array:
+    """x: (B, D, H, W, C), or a tuple of channel parts to concatenate.
+
+    Separable units keep the parts, not their concatenation, for the
+    backward pass (`depthwise.depthwise_conv3d`); the dense variants join
+    them first.
+    """
     if self.variant == "separable":
       y = self.dw_norm(self.dw(x, sel), sel, act=True)
       y = self.pw(y, sel)
-    elif self.variant == "series_adapter":
+      return self.norm(y, sel)
+    x = _joined(x)
+    if self.variant == "series_adapter":
       y = self.conv(x, sel)
       y = y + self.adapter(self.adapter_norm(y, sel), sel)
     elif self.variant == "parallel_adapter":

@@ -82,9 +82,10 @@ class DecoderLevel(nnx.Module):
     self.unit2 = layers.ConvUnit(features, features, kernel_size=1, **unit_kw)
 
   def __call__(self, x, skip, sel):
+    # The skip is concatenated inside unit1, so that the backward pass does
+    # not keep a full-size concatenated copy (`ConvUnit`).
     y = leaky_relu(self.up(layers.upsample_nearest(x, self.factor), sel))
-    y = jnp.concatenate([y, skip.astype(y.dtype)], axis=-1)
-    y = leaky_relu(self.unit1(y, sel))
+    y = leaky_relu(self.unit1((y, skip.astype(y.dtype)), sel))
     return leaky_relu(self.unit2(y, sel))
 
 
