@@ -369,7 +369,7 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
 
 
 def _padded_slabs(x, pads, slab, step, extra):
-  """Returns blk ↦ rows [blk·step, blk·step + slab) of x zero-padded by `pads` (+ `extra` at the end).
+  """blk ↦ depth rows [blk·step, blk·step + slab) of x zero-padded by `pads` (+ `extra` at the end).
 
   The same values as slicing `jnp.pad(x, ...)`, without the full-size padded
   copy: given that, XLA shares it with the forward pass's padded input and
