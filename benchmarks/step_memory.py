@@ -16,7 +16,8 @@ Per variant, one JSON line: compile seconds (cold: no persistent cache),
 XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
 the median of 3 train steps after 2 warm-up steps, the final loss, the peak
 RSS, and the RSS before the compile (interpreter, JAX, train state), after
-it, and at the end once the compiled step is deleted. Each variant runs in its own process (a
+it, and at the end once the compiled step is deleted (with glibc's heap in
+use / free at those two points). Each variant runs in its own process (a
 fresh compiler heap; huge-page malloc as run.py unless --no_hugepages);
 XLA_FLAGS from the environment apply to every variant.
 """
@@ -77,6 +78,7 @@ def measure(variant: str) -> dict:
                                      0, 1.0, config.train)
   compile_s = time.perf_counter() - t0
   rss_compiled = host_memory.rss_mb()
+  heap_compiled = host_memory.malloc_mb()
   memory = bench.memory_summary(step.fn)
   rng = np.random.default_rng(0)
   image = jax.device_put(rng.standard_normal((batch, *patch, 1), np.float32))
@@ -97,6 +99,7 @@ def measure(variant: str) -> dict:
   step = None  # the compiled executable: what deleting it gives back
   host_memory.release_free_memory()
   rss_no_executable = host_memory.rss_mb()
+  heap_no_executable = host_memory.malloc_mb()
   return {
       "variant": variant,
       "compile_s": round(compile_s, 2),
@@ -108,6 +111,10 @@ def measure(variant: str) -> dict:
       "rss_after_compile_mb": rss_compiled,
       "rss_without_executable_mb": rss_no_executable,
       "peak_rss_mb": peak,
+      # glibc's heap (MB in use / free in its arenas) after the compile and
+      # without the executable: what the compile leaves resident.
+      "malloc_after_compile_mb": heap_compiled,
+      "malloc_without_executable_mb": heap_no_executable,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
   }

@@ -22,6 +22,17 @@ def test_freed_small_allocations_leave_the_resident_set():
   assert before - after > 200, (before, after)
 
 
+def test_malloc_statistics_follow_allocations():
+  stats = host_memory.malloc_mb()
+  if stats is None:
+    pytest.skip("no glibc mallinfo2 here")
+  blocks = [np.ones(2000) for _ in range(5000)]  # ~80 MB of 16 KB heap blocks
+  grown = host_memory.malloc_mb()
+  assert grown["in_use"] - stats["in_use"] > 60, (stats, grown)
+  del blocks
+  assert host_memory.malloc_mb()["in_use"] < grown["in_use"] - 60
+
+
 def test_rss_is_reported_in_megabytes():
   rss = host_memory.rss_mb()
   if sys.platform.startswith("linux"):

@@ -113,3 +113,28 @@ def rss_mb() -> float | None:
   except OSError:
     pass
   return None
+
+
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+
+
+def malloc_mb() -> dict | None:
+  """glibc's heap: {'in_use': MB allocated, 'free': MB free but kept in its arenas}.
+
+  Free memory is resident only where it was touched and not trimmed; what
+  `release_free_memory` cannot return is what lies between live blocks.
+  None where libc has no `mallinfo2` (glibc < 2.33, musl, macOS, Windows).
+  """
+  name = ctypes.util.find_library("c")
+  try:
+    fn = ctypes.CDLL(name).mallinfo2 if name else None
+  except (OSError, AttributeError):
+    fn = None
+  if fn is None:
+    return None
+  fn.restype = _MallInfo2
+  info = fn()
+  return {"in_use": (info.uordblks + info.hblkhd) / 2 ** 20, "free": info.fordblks / 2 ** 20}
