@@ -12,6 +12,8 @@ Variants (everything else as `bench.py --preset=cpu`, `fused` depthwise and
   remat_unit    every `ConvUnit` under nnx.remat (an experiment, not an option).
   termsN        `fused`'s kernel gradient with N unrolled terms per loop trip
                 (`depthwise._kernel_grad_acc`, default 16).
+  tap_loop, depth_tap_loop  (only when named) the kernel gradient's taps in
+                a loop: all k³, or the k depth offsets with k² taps unrolled.
 Per variant, one JSON line: compile seconds (cold: no persistent cache),
 XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
 the median of 3 train steps after 2 warm-up steps, the final loss, the peak
@@ -25,6 +27,7 @@ XLA_FLAGS from the environment apply to every variant.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -35,6 +38,9 @@ import time
 from u2net_jax import host_memory
 
 VARIANTS = ("default", "remat_level", "remat_unit", "terms8", "terms4", "terms2")
+# Not run by default (measured once, 2026-12-01; BENCHMARKS.md): the kernel
+# gradient's k³ taps in a loop rather than unrolled (smaller program).
+LOOP_VARIANTS = ("tap_loop", "depth_tap_loop")
 
 
 def _apply(variant: str) -> bool:
@@ -49,9 +55,70 @@ def _apply(variant: str) -> bool:
     def call(self, x, sel, *args, **kw):
       return nnx.remat(lambda mod, y: plain(mod, y, sel, *args, **kw))(self, x)
     layers.ConvUnit.__call__ = call
+  elif variant in LOOP_VARIANTS:
+    depthwise._kernel_grad_acc = functools.partial(  # pylint: disable=protected-access
+        _kernel_grad_tap_loop, over_depth_only=variant == "depth_tap_loop")
   elif variant not in ("default", "remat_level"):
-    raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS} or termsN")
+    raise SystemExit(
+        f"unknown variant {variant!r}; one of {VARIANTS + LOOP_VARIANTS} or termsN")
   return variant == "remat_level"
+
+
+def _kernel_grad_tap_loop(x, g, k, stride, terms=16, *, over_depth_only=False):
+  """`depthwise._kernel_grad_acc` with its k³ taps in an inner loop, not unrolled.
+
+  `over_depth_only`: loop over the depth offset a only (k trips, the k² (b, c)
+  taps unrolled); else over all k³ taps (dynamic offsets in every axis).
+  Same blocks, terms and accumulation into plane-sized accumulators.
+  """
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise  # pylint: disable=g-import-not-at-top
+  n, c = x.shape[0], x.shape[4]
+  pads = [depthwise.same_padding(s, k, stride) for s in x.shape[1:4]]
+  od, oh, ow = g.shape[1:4]
+  bs = max(1, min(terms // n, od))
+  nb = -(-od // bs)
+  if nb < 2 and od > 1:
+    bs = -(-od // 2)
+    nb = -(-od // bs)
+  extra = nb * bs - od
+  g = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
+  slab = stride * (bs - 1) + k
+  x_slab = depthwise._padded_slabs(x, pads, slab, bs * stride, stride * extra)  # pylint: disable=protected-access
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  hs, ws = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+
+  def products(xs, planes, a, b, cc):  # Σ over the block's (sample, plane) pairs of one tap
+    total = None
+    for i in range(n):
+      for j in range(bs):
+        win = lax.dynamic_slice(xs, (i, a + stride * j, b, cc, 0), (1, 1, hs, ws, c))
+        win = lax.slice(win, (0,) * 5, win.shape, (1, 1, stride, stride, 1))
+        term = lax.mul(lax.squeeze(win, (0, 1)), planes[i][j]).astype(acc_dtype)
+        total = term if total is None else lax.add(total, term)
+    return total
+
+  def body(blk, acc):
+    xs = x_slab(blk)
+    gs = lax.dynamic_slice_in_dim(g, blk * bs, bs, axis=1)
+    planes = [[gs[i, j] for j in range(bs)] for i in range(n)]
+    if over_depth_only:  # acc (k, k², H', W', C)
+      def step(a, acc):
+        taps = jnp.stack([products(xs, planes, a, b, cc) for b in range(k) for cc in range(k)])
+        return lax.dynamic_update_index_in_dim(
+            acc, lax.add(lax.dynamic_index_in_dim(acc, a, 0, keepdims=False), taps), a, 0)
+      return lax.fori_loop(0, k, step, acc)
+
+    def step(t, acc):  # acc (k³, H', W', C)
+      tap = products(xs, planes, t // (k * k), (t // k) % k, t % k)
+      return lax.dynamic_update_index_in_dim(
+          acc, lax.add(lax.dynamic_index_in_dim(acc, t, 0, keepdims=False), tap), t, 0)
+    return lax.fori_loop(0, k ** 3, step, acc)
+
+  shape = (k, k * k) if over_depth_only else (k ** 3,)
+  acc = lax.fori_loop(0, nb, body, jnp.zeros(shape + (oh, ow, c), acc_dtype))
+  return jnp.sum(acc, axis=(-3, -2)).reshape(k, k, k, c)
 
 
 def measure(variant: str) -> dict:
