@@ -220,8 +220,8 @@ def _taps_blocked(xp, kernel, out_shape, stride, seed, block=_BLOCK):
   directly, in a train step it fuses the input's producer (a norm's backward
   pass, an activation, ...) into each slice and materializes k³ full-size
   tensors (seen in the train step's profile; an optimization barrier does not
-  stop it on CPU). Each block's slab of the input also stays in cache. The
-  blocks are stacked in (batch, depth) order, so the result needs no copy.
+  stop it on CPU). Each block's slab of the input also stays in cache. Each
+  block is written in place into the (B, D', H', W', C) result.
   """
   k = kernel.shape[0]
   n, c = xp.shape[0], xp.shape[4]
