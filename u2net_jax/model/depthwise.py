@@ -284,13 +284,17 @@ def _fused_bwd(stride, res, g):
   if len(parts) == 1:
     return (dx.astype(parts[0].dtype),), _kernel_grad_acc(parts[0], g, k, stride).astype(
         kernel.dtype)
-  dparts, dk, start = [], [], 0
+  dparts, planes, start = [], [], 0
   for p in parts:  # per channel, so each part's kernel gradient is its own
     stop = start + p.shape[4]
     dparts.append(lax.slice_in_dim(dx, start, stop, axis=4).astype(p.dtype))
-    dk.append(_kernel_grad_acc(p, lax.slice_in_dim(g, start, stop, axis=4), k, stride))
+    planes.append(_kernel_grad_planes(p, lax.slice_in_dim(g, start, stop, axis=4), k, stride))
     start = stop
-  return tuple(dparts), lax.concatenate(dk, 3).astype(kernel.dtype)
+  # The parts' accumulators are joined before the one reduction, whose
+  # summation order depends on the channel count: so the same bits as one
+  # conv over the concatenation (tested), not only the same values.
+  acc = [lax.concatenate(list(taps), 2) for taps in zip(*planes)]
+  return tuple(dparts), _reduce_planes(acc, k).astype(kernel.dtype)
 
 
 _fused_conv.defvjp(_fused_fwd, _fused_bwd)
@@ -323,8 +327,18 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
   output depth planes adds each tap's products over the block's batch
   elements and planes (`terms` of them, unrolled) into k³ plane-sized
   accumulators (H', W', C) — elementwise work that XLA vectorizes and
-  parallelizes. One small reduction over (H', W') ends it.
+  parallelizes. One small reduction over (H', W') ends it (`_reduce_planes`).
   """
+  return _reduce_planes(_kernel_grad_planes(x, g, k, stride, terms), k)
+
+
+def _reduce_planes(acc, k):
+  """k³ accumulators (H', W', C) → the kernel gradient (k, k, k, C)."""
+  return jnp.stack([jnp.sum(s, axis=(0, 1)) for s in acc]).reshape(k, k, k, acc[0].shape[-1])
+
+
+def _kernel_grad_planes(x, g, k, stride, terms=16):
+  """`_kernel_grad_acc`'s k³ plane-sized accumulators, before the reduction."""
   n, c = x.shape[0], x.shape[4]
   pads = [same_padding(s, k, stride) for s in x.shape[1:4]]
   od, oh, ow = g.shape[1:4]
@@ -364,8 +378,7 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
     return tuple(lax.add(s, tap(xs, planes, *t)) for s, t in zip(acc, taps))
 
   zero = tuple(jnp.zeros((oh, ow, c), acc_dtype) for _ in range(k ** 3))
-  acc = lax.fori_loop(0, nb, body, zero)
-  return jnp.stack([jnp.sum(s, axis=(0, 1)) for s in acc]).reshape(k, k, k, c)
+  return lax.fori_loop(0, nb, body, zero)
 
 
 def _padded_slabs(x, pads, slab, step, extra):
