@@ -58,6 +58,15 @@ def _apply(variant: str) -> bool:
   elif variant in LOOP_VARIANTS:
     depthwise._kernel_grad_acc = functools.partial(  # pylint: disable=protected-access
         _kernel_grad_tap_loop, over_depth_only=variant == "depth_tap_loop")
+  elif variant.startswith("tap_loop_upto"):  # tap_loop_uptoN: looped where the output ≤ N³
+    unrolled = depthwise._kernel_grad_acc  # pylint: disable=protected-access
+    edge = int(variant[len("tap_loop_upto"):])
+
+    def by_size(x, g, k, stride, terms=16):
+      if g.shape[1] * g.shape[2] * g.shape[3] <= edge ** 3:
+        return _kernel_grad_tap_loop(x, g, k, stride, terms)
+      return unrolled(x, g, k, stride, terms)
+    depthwise._kernel_grad_acc = by_size  # pylint: disable=protected-access
   elif variant not in ("default", "remat_level"):
     raise SystemExit(
         f"unknown variant {variant!r}; one of {VARIANTS + LOOP_VARIANTS} or termsN")

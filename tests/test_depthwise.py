@@ -234,3 +234,22 @@ def test_instance_norm_custom_vjp_equals_autodiff(act, dtype):
     np.testing.assert_allclose(g.astype(jnp.float32), r.astype(jnp.float32),
                                rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(jnp.abs(
                                    r.astype(jnp.float32)).max())))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_looped_and_unrolled_kernel_gradients_are_the_same_bits(stride, monkeypatch):
+  # Small levels loop over the k³ taps (a smaller program to compile); that
+  # must not change a single bit of what training computes.
+  x, w = _inputs((2, 9, 12, 10, 3), seed=12)
+  cot = jax.random.normal(jax.random.key(13), depthwise.depthwise_conv3d_lax(x, w, stride).shape)
+
+  def grads():
+    f = lambda x, w: jnp.sum(depthwise.depthwise_conv3d(x, w, stride, "fused") * cot)  # noqa: E731
+    return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+
+  monkeypatch.setattr(depthwise, "_LOOPED_TAPS_MAX", 0)
+  unrolled = grads()
+  monkeypatch.setattr(depthwise, "_LOOPED_TAPS_MAX", 10 ** 9)
+  looped = grads()
+  for a, b in zip(looped, unrolled):
+    np.testing.assert_array_equal(a, b)

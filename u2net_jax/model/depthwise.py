@@ -35,6 +35,9 @@ SHAPES: list | None = None
 
 # Output depth planes per block in the 'fused' backward loops (measured: 4).
 _BLOCK = 4
+# Output voxels per sample up to which 'fused''s kernel gradient loops over
+# its taps rather than unrolling them (measured: 16³ — BENCHMARKS.md "Compile").
+_LOOPED_TAPS_MAX = 16 ** 3
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -338,7 +341,13 @@ def _reduce_planes(acc, k):
 
 
 def _kernel_grad_planes(x, g, k, stride, terms=16):
-  """`_kernel_grad_acc`'s k³ plane-sized accumulators, before the reduction."""
+  """`_kernel_grad_acc`'s k³ plane-sized accumulators, before the reduction.
+
+  Output volumes up to `_LOOPED_TAPS_MAX` voxels loop over the k³ taps
+  instead of unrolling them: a ~27× smaller loop body, which XLA compiles
+  faster; slower to run, but at the small levels that costs nothing
+  measurable (BENCHMARKS.md "Compile"). The same bits either way (tested).
+  """
   n, c = x.shape[0], x.shape[4]
   pads = [same_padding(s, k, stride) for s in x.shape[1:4]]
   od, oh, ow = g.shape[1:4]
@@ -352,28 +361,50 @@ def _kernel_grad_planes(x, g, k, stride, terms=16):
   slab = stride * (bs - 1) + k
   x_slab = _padded_slabs(x, pads, slab, bs * stride, stride * extra)
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  looped = od * oh * ow <= _LOOPED_TAPS_MAX
+  size = (1, 1, stride * (oh - 1) + 1, stride * (ow - 1) + 1, c)
 
   # In lax primitives, each (batch element, plane) of the cotangent sliced
   # once per block rather than once per tap: see `_tap_weight`.
-  def tap(xs, planes, a, b, cc):
+  def tap(xs, planes, a, b, cc):  # a, b, cc: ints, or traced when looped
     total = None
     for i in range(n):
       for j in range(bs):
-        win = lax.slice(xs, (i, a + stride * j, b, cc, 0),
-                        (i + 1, a + stride * j + 1, b + stride * (oh - 1) + 1,
-                         cc + stride * (ow - 1) + 1, c), (1, 1, stride, stride, 1))
+        start = (i, a + stride * j, b, cc, 0)
+        if looped:
+          win = lax.dynamic_slice(xs, start, size)
+          win = lax.slice(win, (0,) * 5, size, (1, 1, stride, stride, 1))
+        else:
+          win = lax.slice(xs, start, tuple(p + q for p, q in zip(start, size)),
+                          (1, 1, stride, stride, 1))
         term = lax.mul(lax.squeeze(win, (0, 1)), planes[i][j])
         if term.dtype != acc_dtype:
           term = lax.convert_element_type(term, acc_dtype)
         total = term if total is None else lax.add(total, term)
     return total
 
-  def body(blk, acc):
-    xs = x_slab(blk)
+  def block(blk):
     gs = lax.dynamic_slice_in_dim(g, blk * bs, bs, axis=1)
     planes = [[lax.squeeze(lax.slice_in_dim(lax.slice_in_dim(gs, i, i + 1, axis=0),
                                             j, j + 1, axis=1), (0, 1))
                for j in range(bs)] for i in range(n)]
+    return x_slab(blk), planes
+
+  if looped:  # acc (k³, H', W', C)
+    def looped_body(blk, acc):
+      xs, planes = block(blk)
+
+      def one_tap(t, acc):
+        total = tap(xs, planes, t // (k * k), (t // k) % k, t % k)
+        cur = lax.dynamic_index_in_dim(acc, t, 0, keepdims=False)
+        return lax.dynamic_update_index_in_dim(acc, lax.add(cur, total), t, 0)
+      return lax.fori_loop(0, k ** 3, one_tap, acc)
+
+    acc = lax.fori_loop(0, nb, looped_body, jnp.zeros((k ** 3, oh, ow, c), acc_dtype))
+    return tuple(lax.index_in_dim(acc, t, 0, keepdims=False) for t in range(k ** 3))
+
+  def body(blk, acc):
+    xs, planes = block(blk)
     taps = [(a, b, cc) for a in range(k) for b in range(k) for cc in range(k)]
     return tuple(lax.add(s, tap(xs, planes, *t)) for s, t in zip(acc, taps))
 
