@@ -14,6 +14,10 @@ Variants (everything else as `bench.py --preset=cpu`, `fused` depthwise and
                 (`depthwise._kernel_grad_acc`, default 16).
   tap_loop, depth_tap_loop  (only when named) the kernel gradient's taps in
                 a loop: all k³, or the k depth offsets with k² taps unrolled.
+  tap_loop_uptoN  (only when named) all taps looped where the conv's output
+                has ≤ N³ voxels, unrolled elsewhere (written before the model
+                adopted N = 16 as `depthwise._LOOPED_TAPS_MAX`; run on that
+                code it loops ≤ max(N, 16)³).
 Per variant, one JSON line: compile seconds (cold: no persistent cache),
 XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
 the median of 3 train steps after 2 warm-up steps, the final loss, the peak
