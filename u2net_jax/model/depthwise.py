@@ -296,8 +296,7 @@ def _fused_bwd(stride, res, g):
   # The parts' accumulators are joined before the one reduction, whose
   # summation order depends on the channel count: so the same bits as one
   # conv over the concatenation (tested), not only the same values.
-  acc = [lax.concatenate(list(taps), 2) for taps in zip(*planes)]
-  return tuple(dparts), _reduce_planes(acc, k).astype(kernel.dtype)
+  return tuple(dparts), _reduce_planes(lax.concatenate(planes, 3), k).astype(kernel.dtype)
 
 
 _fused_conv.defvjp(_fused_fwd, _fused_bwd)
@@ -336,12 +335,22 @@ def _kernel_grad_acc(x, g, k, stride, terms=16):
 
 
 def _reduce_planes(acc, k):
-  """k³ accumulators (H', W', C) → the kernel gradient (k, k, k, C)."""
-  return jnp.stack([jnp.sum(s, axis=(0, 1)) for s in acc]).reshape(k, k, k, acc[0].shape[-1])
+  """The k³ accumulators (k³, H', W', C) → the kernel gradient (k, k, k, C).
+
+  One (H', W', C) → (C,) reduction per tap, in a loop: one small program
+  shared by every tap, where k³ reductions written out were k³ kernels for
+  XLA to compile (and a loop of one reduction over all taps at once sums in
+  another order for some shapes: other bits).
+  """
+  def one(t, out):
+    s = lax.dynamic_index_in_dim(acc, t, 0, keepdims=False)
+    return lax.dynamic_update_index_in_dim(out, jnp.sum(s, axis=(0, 1)), t, 0)
+  out = lax.fori_loop(0, k ** 3, one, jnp.zeros((k ** 3, acc.shape[-1]), acc.dtype))
+  return out.reshape(k, k, k, acc.shape[-1])
 
 
 def _kernel_grad_planes(x, g, k, stride, terms=16):
-  """`_kernel_grad_acc`'s k³ plane-sized accumulators, before the reduction.
+  """`_kernel_grad_acc`'s k³ plane-sized accumulators (k³, H', W', C), before the reduction.
 
   Output volumes up to `_LOOPED_TAPS_MAX` voxels loop over the k³ taps
   instead of unrolling them: a ~27× smaller loop body, which XLA compiles
@@ -400,8 +409,7 @@ def _kernel_grad_planes(x, g, k, stride, terms=16):
         return lax.dynamic_update_index_in_dim(acc, lax.add(cur, total), t, 0)
       return lax.fori_loop(0, k ** 3, one_tap, acc)
 
-    acc = lax.fori_loop(0, nb, looped_body, jnp.zeros((k ** 3, oh, ow, c), acc_dtype))
-    return tuple(lax.index_in_dim(acc, t, 0, keepdims=False) for t in range(k ** 3))
+    return lax.fori_loop(0, nb, looped_body, jnp.zeros((k ** 3, oh, ow, c), acc_dtype))
 
   def body(blk, acc):
     xs, planes = block(blk)
@@ -409,7 +417,7 @@ def _kernel_grad_planes(x, g, k, stride, terms=16):
     return tuple(lax.add(s, tap(xs, planes, *t)) for s, t in zip(acc, taps))
 
   zero = tuple(jnp.zeros((oh, ow, c), acc_dtype) for _ in range(k ** 3))
-  return lax.fori_loop(0, nb, body, zero)
+  return jnp.stack(lax.fori_loop(0, nb, body, zero))
 
 
 def _padded_slabs(x, pads, slab, step, extra):
