@@ -192,3 +192,23 @@ def test_device_check_runs_on_cpu_and_writes_one_json(tmp_path, tmp_path_factory
   for r in reloaded.values():
     assert r["labels_shape"] == r["volume_shape"]
     assert r["window_probabilities_shape"] == [1, *r["patch"], r["classes"]]
+
+
+def test_compile_profile_sums_phases_and_counts_kernels_by_kind():
+  from benchmarks import compile_profile  # pylint: disable=g-import-not-at-top
+  ev = lambda name, ms, **args: {"ph": "X", "name": name, "dur": ms * 1000, "args": args}  # noqa: E731
+  events = [
+      ev("PjRtCpuClient::Compile", 30_000),
+      ev("HLO passes through layout assignment (jit_flat_step)", 8_000),
+      ev("HLO passes after layout assignment (jit_flat_step)", 3_000),
+      ev("FusionCompiler::Compile", 20, module="bitcast_add_fusion.7_kernel_module"),
+      ev("FusionCompiler::Compile", 30, module="bitcast_add_fusion_kernel_module"),
+      ev("FusionCompiler::Compile", 5, module="add_select_fusion.3_kernel_module"),
+      ev("TaskDispatcher::dispatch", 12), ev("TaskDispatcher::dispatch", 8),
+      {"ph": "i", "name": "FusionCompiler::Compile"},  # not a complete event: ignored
+  ]
+  out = compile_profile.summarize(events)
+  assert out["xla_compile_s"] == 30.0 and out["hlo_passes_s"] == 11.0
+  assert out["kernels"] == 3 and out["llvm_modules"] == 2 and out["llvm_cpu_s"] == 0.02
+  assert out["top_kernel_kinds"]["bitcast_add_fusion"] == [0.05, 2]
+  assert list(out["top_kernel_kinds"]) == ["bitcast_add_fusion", "add_select_fusion"]
