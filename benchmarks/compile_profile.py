@@ -1,4 +1,4 @@
-r"""Where the `cpu` preset's train-step compile goes: XLA's own trace, per phase and per kernel kind.
+r"""Where the `cpu` preset's train-step compile goes: XLA's own trace, per phase and kernel kind.
 
 Usage:
   python benchmarks/compile_profile.py [--variants=default,no_optimizer] [--out FILE]
@@ -100,7 +100,8 @@ def measure(variant: str) -> dict:
                                        model.max_in_channels, 0, 1.0, config.train)
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
-    with gzip.open(glob.glob(os.path.join(tmp, "plugins/profile/*/perfetto_trace.json.gz"))[0]) as f:
+    path = glob.glob(os.path.join(tmp, "plugins/profile/*/perfetto_trace.json.gz"))[0]
+    with gzip.open(path) as f:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   return {"variant": variant, "wall_s": round(wall, 2),
