@@ -64,7 +64,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from experiments import five_domain
 from u2net_jax import host_memory
 from u2net_jax.model import dense, depthwise, models
-from u2net_jax.train import step as step_lib
 from u2net_jax.train import train
 from u2net_jax.domains import DomainSpec
 
@@ -199,7 +198,6 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   image = jax.device_put(image, data_sharding)
   label = jax.device_put(label, data_sharding)
   domains = [jax.device_put(jnp.int32(i), replicated) for i in range(len(DOMAINS))]
-  domain_batch = [step_lib.domain_inputs(i, len(DOMAINS), replicated) for i in range(len(DOMAINS))]
   lr = jnp.float32(3e-4)
 
   # The step as training compiles and calls it (state as flat leaves, train/step.py).
@@ -216,7 +214,7 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   losses = []
 
   def train_once(i):
-    batch_i = {"image": image, "label": label, **domain_batch[i % len(DOMAINS)]}
+    batch_i = {"image": image, "label": label, "domain": domains[i % len(DOMAINS)]}
     holder["leaves"], out = step.fn(holder["leaves"], batch_i, lr, lr)
     losses.append(out["loss"])
     return out["loss"]

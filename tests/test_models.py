@@ -138,32 +138,6 @@ def test_index_path_equals_name_path_and_masks_padded_classes():
     assert bool(jnp.all(by_index[..., d.num_classes:] == models.MASKED_LOGIT))
 
 
-@pytest.mark.parametrize("mode", ["separable", "independent"])
-def test_domain_flags_give_the_same_bits_as_the_index_alone(mode):
-  # The train step passes one flag per domain beside the index (fewer kernels
-  # to compile); logits and every weight's gradient must not change a bit.
-  model = models.U2Net(DOMAINS, features_root=2, num_levels=2, mode=mode, rngs=nnx.Rngs(0),
-                       **FAST)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  x = jax.random.normal(jax.random.key(2), (1, 4, 4, 4, model.max_in_channels))
-
-  def loss(p, i, flags):
-    return jnp.sum(jnp.square(nnx.merge(graphdef, p, rest)(x, i, flags)[..., :2]))
-
-  plain_fn = jax.jit(jax.value_and_grad(lambda p, i: loss(p, i, None)))
-  flagged_fn = jax.jit(jax.value_and_grad(loss))
-  for idx in range(len(DOMAINS)):
-    flags = tuple(jnp.bool_(j == idx) for j in range(len(DOMAINS)))
-    plain = plain_fn(params, jnp.int32(idx))
-    flagged = flagged_fn(params, jnp.int32(idx), flags)
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(flagged)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(ConfigError, match="one flag per domain"):
-    model(x, jnp.int32(0), (jnp.bool_(True),))
-  with pytest.raises(ConfigError, match="one flag per domain"):
-    model(x, "heart", tuple(jnp.bool_(True) for _ in DOMAINS))
-
-
 def test_collections_are_separate_and_keyed_by_domain_name():
   model = models.U2Net(DOMAINS, features_root=2, num_levels=3, rngs=nnx.Rngs(0))
   shared = nnx.to_flat_state(models.shared_state(model))

@@ -76,13 +76,9 @@ class DomainSelector:
   Attributes:
     names: all domain names of the model, in model order.
     domain: a name (str) or an int32 index (Python int or traced scalar).
-    flags: optional, with a traced index: one bool scalar per domain, True
-      for the active one, given as separate inputs of the compiled step
-      (see `_domain_entry`); the same values and gradients without them.
   """
   names: tuple[str, ...]
   domain: str | int | jax.Array
-  flags: tuple[jax.Array, ...] | None = None
 
   @property
   def by_name(self) -> bool:
@@ -102,39 +98,7 @@ class DomainSelector:
     if pad_axis is not None:
       size = max(v.shape[pad_axis] for v in values)
       values = [_pad_to(v, pad_axis, size) for v in values]
-    return self.entry(values)
-
-  def entry(self, values: Sequence[jax.Array]) -> jax.Array:
-    """The active domain's array among `values` (one per domain, equal shapes)."""
-    if self.flags is None:
-      return jnp.stack(values)[self.domain]
-    return _domain_entry(tuple(values), self.domain, tuple(self.flags))
-
-
-@jax.custom_vjp
-def _domain_entry(values: tuple, domain: jax.Array, flags: tuple) -> jax.Array:
-  """`stack(values)[domain]`, whose backward gives domain i `where(flags[i], g, 0)`.
-
-  Autodiff's backward would scatter into a stacked (domains, …) array and
-  slice it per domain: each slice's index is then a constant inside every
-  kernel that updates that domain's weights, so XLA compiles the optimizer's
-  kernels once per domain. With the flags inputs of the step (not computed
-  from `domain` inside it, where XLA would fold them into constants too),
-  the domains' update kernels are one per shape — the same values and bits
-  (tested; BENCHMARKS.md "Where the compile goes").
-  """
-  return jnp.stack(values)[domain]
-
-
-def _domain_entry_fwd(values, domain, flags):
-  return jnp.stack(values)[domain], flags
-
-
-def _domain_entry_bwd(flags, g):
-  return tuple(jnp.where(f, g, jnp.zeros_like(g)) for f in flags), None, None
-
-
-_domain_entry.defvjp(_domain_entry_fwd, _domain_entry_bwd)
+    return jnp.stack(values)[self.domain]
 
 
 def _pad_to(v: jax.Array, axis: int, size: int) -> jax.Array:
@@ -317,7 +281,7 @@ class Conv(nnx.Module):
     cin = max(v.shape[3] for v in values)
     cout = max(v.shape[4] for v in values)
     values = [_pad_to(_pad_to(v, 3, cin), 4, cout) for v in values]
-    return sel.entry(values)
+    return jnp.stack(values)[sel.domain]
 
 
 class DepthwiseConv(nnx.Module):

@@ -171,7 +171,7 @@ class U2Net(nnx.Module):
     """Spatial sizes (D, H, W) must be multiples of these."""
     return pool_divisor(self.strides)
 
-  def selector(self, domain, domain_flags=None) -> DomainSelector:
+  def selector(self, domain) -> DomainSelector:
     if isinstance(domain, str):
       self.spec(domain)
     elif isinstance(domain, (int, np.integer)):
@@ -180,11 +180,7 @@ class U2Net(nnx.Module):
     elif not (hasattr(domain, "dtype") and jnp.issubdtype(domain.dtype, jnp.integer)
               and jnp.ndim(domain) == 0):
       raise ConfigError(f"domain must be a name or an integer index, got {domain!r}.")
-    if domain_flags is not None and (isinstance(domain, str)
-                                     or len(domain_flags) != len(self.domain_names)):
-      raise ConfigError(f"domain_flags needs an index and one flag per domain "
-                        f"({len(self.domain_names)}), got {len(domain_flags)} with {domain!r}.")
-    return DomainSelector(self.domain_names, domain, domain_flags)
+    return DomainSelector(self.domain_names, domain)
 
   def check_input(self, x, domain) -> None:
     if x.ndim != 5:
@@ -202,14 +198,8 @@ class U2Net(nnx.Module):
 
   # -- forward -------------------------------------------------------------
 
-  def __call__(self, x: jax.Array, domain, domain_flags=None) -> jax.Array:
-    """Logits (B, D, H, W, max classes) for `domain` (a name, or an index with optional flags).
-
-    domain_flags: with a traced index, one bool scalar per domain (True for
-    `domain`) passed into the compiled step as separate inputs: the same
-    result, fewer kernels to compile (`layers._domain_entry`).
-    """
-    sel = self.selector(domain, domain_flags)
+  def __call__(self, x: jax.Array, domain) -> jax.Array:
+    sel = self.selector(domain)
     self.check_input(x, domain)
     y = leaky_relu(self.in_norm(self.in_conv(x, sel), sel))
     skips = []

@@ -1,10 +1,8 @@
 """The update step: loss and gradients of one batch of one domain, clipping, the optimizers.
 
-One program for every domain: the step takes the domain as a traced int32
-(and, from `domain_inputs`, one bool flag per domain: see
-`layers._domain_entry`), per-domain weights are gathered inside it (see
-layers.DomainSelector), and inputs are zero-padded to the largest channel
-count.
+One program for every domain: the step takes the domain as a traced int32,
+per-domain weights are gathered inside it (see layers.DomainSelector), and
+inputs are zero-padded to the largest channel count.
 """
 
 from __future__ import annotations
@@ -34,13 +32,13 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
   freeze_shared = tcfg.freeze_shared
   loss_kw = config_utils.loss_options(tcfg)
 
-  def loss_fn(params, image, label, domain, flags):
+  def loss_fn(params, image, label, domain):
     if freeze_shared:
       # No weight gradient for frozen shared weights: none computed, none
       # counted in the clipping norm.
       params = {"shared": jax.lax.stop_gradient(params["shared"]),
                 "domains": params["domains"]}
-    logits = parts.merge(params)(image, domain, flags)
+    logits = parts.merge(params)(image, domain)
     mask = jnp.arange(max_k) < counts[domain]
     return losses.segmentation_loss(logits, label, kind=tcfg.loss, class_mask=mask, **loss_kw)
 
@@ -49,12 +47,11 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
   def step(state, batch, lr_shared, lr_domain):
     params = state["params"]
     domain = batch["domain"]
-    flags = batch.get("domain_flags")  # absent: the same step, more kernels to compile
     if accum == 1:
-      loss, grads = grad_fn(params, batch["image"], batch["label"], domain, flags)
+      loss, grads = grad_fn(params, batch["image"], batch["label"], domain)
     else:
       def micro(carry, xs):
-        l, g = grad_fn(params, xs[0], xs[1], domain, flags)
+        l, g = grad_fn(params, xs[0], xs[1], domain)
         return jax.tree.map(jnp.add, carry, (l, g)), None
       split = lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
       zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
@@ -74,19 +71,6 @@ def make_train_step(parts: ModelParts, model: models.U2Net, config, tx_shared, t
     return new_state, {"loss": loss, "grad_norm": gnorm, "finite": finite}
 
   return step
-
-
-def domain_inputs(domain: int, num_domains: int, sharding=None) -> dict:
-  """The batch's domain entries for domain index `domain`: {"domain", "domain_flags"}.
-
-  `domain_flags` (one bool scalar per domain, True for `domain`) are separate
-  inputs of the compiled step so that XLA cannot fold them into constants:
-  then every domain's weights are updated by the same kernels
-  (`layers._domain_entry`; ~140 fewer kernels to compile for five domains).
-  """
-  put = (lambda v: jax.device_put(v, sharding)) if sharding is not None else (lambda v: v)
-  return {"domain": put(jnp.int32(domain)),
-          "domain_flags": tuple(put(jnp.bool_(i == domain)) for i in range(num_domains))}
 
 
 def learning_rate(tcfg, step: int, plateau_scale: float) -> tuple[float, float]:
@@ -138,7 +122,6 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   treedef = jax.tree.structure(state)
-  num_domains = len(state["params"]["domains"])
 
   def flat_step(leaves, batch, lr_s, lr_d):
     new_state, out = step_fn(jax.tree.unflatten(treedef, leaves), batch, lr_s, lr_d)
@@ -156,7 +139,7 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
       local = b[k]
       out[k] = jax.make_array_from_process_local_data(
           data_sharding, local, (batch_size,) + local.shape[1:])
-    out.update(domain_inputs(int(b["domain"]), num_domains, replicated))
+    out["domain"] = jax.device_put(jnp.int32(b["domain"]), replicated)
     return out
 
   t0 = time.time()
@@ -165,9 +148,7 @@ def compile_train_step(step_fn, mesh, batch_size: int, state, patch, channels: i
       "image": jax.ShapeDtypeStruct((batch_size, *patch, channels), jnp.float32,
                                     sharding=data_sharding),
       "label": jax.ShapeDtypeStruct((batch_size, *patch), jnp.int32, sharding=data_sharding),
-      "domain": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      "domain_flags": tuple(jax.ShapeDtypeStruct((), jnp.bool_, sharding=replicated)
-                            for _ in range(num_domains))}
+      "domain": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
   lr0 = learning_rate(tcfg, start, plateau_scale)
   lowered = jit_step.lower(jax.tree.leaves(state), example, *map(jnp.float32, lr0))
   trace_s = time.time() - t0
