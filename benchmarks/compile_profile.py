@@ -37,9 +37,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
+
+from benchmarks import fresh_process
 
 VARIANTS = ("default", "no_optimizer")
 _PHASES = {
@@ -132,17 +133,8 @@ def main() -> None:
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"{flags} --xla_cpu_enable_xprof_traceme=true".strip())
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold compile every time
-  for variant in args.variants.split(","):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={variant}"],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode:
-      raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
-    line = proc.stdout.strip().splitlines()[-1]
-    print(line, flush=True)
-    if args.out:
-      with open(args.out, "a") as f:
-        f.write(line + "\n")
-
+  fresh_process.run_variants(os.path.abspath(__file__), args.variants.split(","), env,
+                             args.out)
 
 if __name__ == "__main__":
   main()

@@ -35,10 +35,9 @@ import functools
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
+from benchmarks import fresh_process
 from u2net_jax import host_memory
 
 VARIANTS = ("default", "remat_level", "remat_unit", "terms8", "terms4", "terms2")
@@ -215,17 +214,8 @@ def main() -> None:
     host_memory.restart_with_hugepages()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold compile every time
-  for variant in args.variants.split(","):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={variant}"],
-                          env=env, capture_output=True, text=True)
-    if proc.returncode:
-      raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
-    line = proc.stdout.strip().splitlines()[-1]
-    print(line, flush=True)
-    if args.out:
-      with open(args.out, "a") as f:
-        f.write(line + "\n")
-
+  fresh_process.run_variants(os.path.abspath(__file__), args.variants.split(","), env,
+                             args.out)
 
 if __name__ == "__main__":
   main()

@@ -212,3 +212,18 @@ def test_compile_profile_sums_phases_and_counts_kernels_by_kind():
   assert out["kernels"] == 3 and out["llvm_modules"] == 2 and out["llvm_cpu_s"] == 0.02
   assert out["top_kernel_kinds"]["bitcast_add_fusion"] == [0.05, 2]
   assert list(out["top_kernel_kinds"]) == ["bitcast_add_fusion", "add_select_fusion"]
+
+
+def test_fresh_process_runs_each_variant_and_appends_its_json_line(tmp_path, capsys):
+  from benchmarks import fresh_process  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "variant.py"
+  script.write_text("import json, sys\n"
+                    "v = sys.argv[1].split('=', 1)[1]\n"
+                    "print('noise'); print(json.dumps({'variant': v}))\n"
+                    "sys.exit(3 if v == 'bad' else 0)\n")
+  out = tmp_path / "lines.jsonl"
+  fresh_process.run_variants(str(script), ["a", "b"], env=None, out=str(out))
+  assert [json.loads(l)["variant"] for l in out.read_text().splitlines()] == ["a", "b"]
+  assert capsys.readouterr().out.splitlines() == ['{"variant": "a"}', '{"variant": "b"}']
+  with pytest.raises(SystemExit, match="variant bad failed"):
+    fresh_process.run_variants(str(script), ["bad"], env=None)
