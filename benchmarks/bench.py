@@ -53,6 +53,7 @@ import platform
 import resource
 import statistics
 import time
+from typing import Callable, NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,6 +138,29 @@ def domain_specs(patch: int, preset: str = "") -> tuple[DomainSpec, ...]:
                           class_names=("background",) + tuple(
                               f"class{k}" for k in range(1, shapes[n][1])),
                           patch_size=(patch,) * 3) for n in DOMAINS)
+
+
+class CpuStep(NamedTuple):
+  """The `cpu` preset's train step before compilation (for step_memory / compile_profile)."""
+  model: models.U2Net
+  state: dict
+  step_fn: Callable
+  mesh: object
+  batch: int
+  patch: tuple[int, int, int]
+  tcfg: object  # config.train
+
+
+def cpu_step(remat: bool = False) -> CpuStep:
+  """The `cpu` preset's model, train state and step with `fused` / `shift` convolutions fixed."""
+  config = make_config("cpu", "fused", "shift", remat=remat)
+  mesh = train.make_mesh(0)
+  batch, patch = 2, (64, 64, 64)
+  config.train.batch_size = batch
+  model, parts, state, tx_s, tx_d = train.build_train_state(
+      config, domain_specs(patch[0], "cpu"), mesh)
+  return CpuStep(model, state, train.make_train_step(parts, model, config, tx_s, tx_d), mesh,
+                 batch, patch, config.train)
 
 
 def _cost(compiled) -> float:

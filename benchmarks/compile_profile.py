@@ -84,13 +84,7 @@ def measure(variant: str) -> dict:
     optim.apply_updates = lambda params, grads, opt_state, active, **kw: (params, opt_state)
   elif variant != "default":
     raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS}")
-  config = bench.make_config("cpu", "fused", "shift")
-  mesh = train.make_mesh(0)
-  batch, patch = 2, (64, 64, 64)
-  config.train.batch_size = batch
-  model, parts, state, tx_s, tx_d = train.build_train_state(
-      config, bench.domain_specs(patch[0], "cpu"), mesh)
-  step_fn = train.make_train_step(parts, model, config, tx_s, tx_d)
+  model, state, step_fn, mesh, batch, patch, tcfg = bench.cpu_step()
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0  # Python's events would crowd out XLA's (1M-event cap)
   options.host_tracer_level = 3
@@ -98,7 +92,7 @@ def measure(variant: str) -> dict:
     jax.profiler.start_trace(tmp, create_perfetto_trace=True, profiler_options=options)
     t0 = time.perf_counter()
     step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch,
-                                       model.max_in_channels, 0, 1.0, config.train)
+                                       model.max_in_channels, 0, 1.0, tcfg)
     wall = time.perf_counter() - t0
     jax.profiler.stop_trace()
     path = glob.glob(os.path.join(tmp, "plugins/profile/*/perfetto_trace.json.gz"))[0]

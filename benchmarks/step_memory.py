@@ -142,19 +142,12 @@ def measure(variant: str) -> dict:
   from benchmarks import bench  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train
 
-  remat = _apply(variant)
-  config = bench.make_config("cpu", "fused", "shift", remat=remat)
-  mesh = train.make_mesh(0)
-  batch, patch = 2, (64, 64, 64)
-  config.train.batch_size = batch
-  model, parts, state, tx_s, tx_d = train.build_train_state(
-      config, bench.domain_specs(patch[0], "cpu"), mesh)
-  step_fn = train.make_train_step(parts, model, config, tx_s, tx_d)
+  model, state, step_fn, mesh, batch, patch, tcfg = bench.cpu_step(remat=_apply(variant))
   host_memory.release_free_memory()
   rss_state = host_memory.rss_mb()  # interpreter, JAX, the train state
   t0 = time.perf_counter()
   step, _ = train.compile_train_step(step_fn, mesh, batch, state, patch, model.max_in_channels,
-                                     0, 1.0, config.train)
+                                     0, 1.0, tcfg)
   compile_s = time.perf_counter() - t0
   rss_compiled = host_memory.rss_mb()
   heap_compiled = host_memory.malloc_mb()
