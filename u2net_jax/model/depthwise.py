@@ -339,8 +339,8 @@ def _reduce_planes(acc, k):
 
   One (H', W', C) → (C,) reduction per tap, in a loop: one small program
   shared by every tap, where k³ reductions written out were k³ kernels for
-  XLA to compile (and a loop of one reduction over all taps at once sums in
-  another order for some shapes: other bits).
+  XLA to compile. (One `jnp.sum` of the whole array over (H', W') sums in
+  another order for some shapes: other bits than the per-tap reductions.)
   """
   def one(t, out):
     s = lax.dynamic_index_in_dim(acc, t, 0, keepdims=False)
