@@ -29,7 +29,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
 from u2net_jax import host_memory
-from u2net_jax.model import depthwise
+from u2net_jax.model import depthwise_backward
 
 
 def reduce_full(x, g):
@@ -42,11 +42,11 @@ def reduce_full(x, g):
 
 VARIANTS = {
     "reduce_full": reduce_full,
-    "reduce_b1": lambda x, g: depthwise._kernel_grad(x, g, 3, 1, block=1),  # pylint: disable=protected-access
-    "reduce_b4": lambda x, g: depthwise._kernel_grad(x, g, 3, 1, block=4),  # pylint: disable=protected-access
-    "acc8": lambda x, g: depthwise._kernel_grad_acc(x, g, 3, 1, terms=8),  # pylint: disable=protected-access
-    "acc16": lambda x, g: depthwise._kernel_grad_acc(x, g, 3, 1, terms=16),  # pylint: disable=protected-access
-    "acc32": lambda x, g: depthwise._kernel_grad_acc(x, g, 3, 1, terms=32),  # pylint: disable=protected-access
+    "reduce_b1": lambda x, g: depthwise_backward.kernel_grad(x, g, 3, 1, block=1),
+    "reduce_b4": lambda x, g: depthwise_backward.kernel_grad(x, g, 3, 1, block=4),
+    "acc8": lambda x, g: depthwise_backward.kernel_grad_acc(x, g, 3, 1, terms=8),
+    "acc16": lambda x, g: depthwise_backward.kernel_grad_acc(x, g, 3, 1, terms=16),
+    "acc32": lambda x, g: depthwise_backward.kernel_grad_acc(x, g, 3, 1, terms=32),
 }
 
 

@@ -11,12 +11,12 @@ Variants (everything else as `bench.py --preset=cpu`, `fused` depthwise and
   remat_level   `model.remat=true` (each encoder/decoder level under nnx.remat).
   remat_unit    every `ConvUnit` under nnx.remat (an experiment, not an option).
   termsN        `fused`'s kernel gradient with N unrolled terms per loop trip
-                (`depthwise._kernel_grad_acc`, default 16).
+                (`depthwise_backward.kernel_grad_acc`, default 16).
   tap_loop, depth_tap_loop  (only when named) the kernel gradient's taps in
                 a loop: all k³, or the k depth offsets with k² taps unrolled.
   tap_loop_uptoN  (only when named) all taps looped where the conv's output
                 has ≤ N³ voxels, unrolled elsewhere (written before the model
-                adopted N = 16 as `depthwise._LOOPED_TAPS_MAX`; run on that
+                adopted N = 16 as `depthwise_backward.LOOPED_TAPS_MAX`; run on that
                 code it loops ≤ max(N, 16)³).
 Per variant, one JSON line: compile seconds (cold: no persistent cache),
 XLA's memory analysis of the step (`temp_size_in_bytes` = its temporaries),
@@ -49,9 +49,9 @@ LOOP_VARIANTS = ("tap_loop", "depth_tap_loop")
 def _apply(variant: str) -> bool:
   """Patches the model code for `variant`; returns whether model.remat is on."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from u2net_jax.model import depthwise, layers  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise_backward, layers  # pylint: disable=g-import-not-at-top
   if variant.startswith("terms"):
-    depthwise._kernel_grad_acc.__defaults__ = (int(variant[len("terms"):]),)  # pylint: disable=protected-access
+    depthwise_backward.kernel_grad_acc.__defaults__ = (int(variant[len("terms"):]),)
   elif variant == "remat_unit":
     plain = layers.ConvUnit.__call__
 
@@ -59,17 +59,17 @@ def _apply(variant: str) -> bool:
       return nnx.remat(lambda mod, y: plain(mod, y, sel, *args, **kw))(self, x)
     layers.ConvUnit.__call__ = call
   elif variant in LOOP_VARIANTS:
-    depthwise._kernel_grad_acc = functools.partial(  # pylint: disable=protected-access
+    depthwise_backward.kernel_grad_acc = functools.partial(
         _kernel_grad_tap_loop, over_depth_only=variant == "depth_tap_loop")
   elif variant.startswith("tap_loop_upto"):  # tap_loop_uptoN: looped where the output ≤ N³
-    unrolled = depthwise._kernel_grad_acc  # pylint: disable=protected-access
+    unrolled = depthwise_backward.kernel_grad_acc
     edge = int(variant[len("tap_loop_upto"):])
 
     def by_size(x, g, k, stride, terms=16):
       if g.shape[1] * g.shape[2] * g.shape[3] <= edge ** 3:
         return _kernel_grad_tap_loop(x, g, k, stride, terms)
       return unrolled(x, g, k, stride, terms)
-    depthwise._kernel_grad_acc = by_size  # pylint: disable=protected-access
+    depthwise_backward.kernel_grad_acc = by_size
   elif variant not in ("default", "remat_level"):
     raise SystemExit(
         f"unknown variant {variant!r}; one of {VARIANTS + LOOP_VARIANTS} or termsN")
@@ -77,7 +77,7 @@ def _apply(variant: str) -> bool:
 
 
 def _kernel_grad_tap_loop(x, g, k, stride, terms=16, *, over_depth_only=False):
-  """`depthwise._kernel_grad_acc` with its k³ taps in an inner loop, not unrolled.
+  """`depthwise_backward.kernel_grad_acc` with its k³ taps in an inner loop, not unrolled.
 
   `over_depth_only`: loop over the depth offset a only (k trips, the k² (b, c)
   taps unrolled); else over all k³ taps (dynamic offsets in every axis).
@@ -85,9 +85,9 @@ def _kernel_grad_tap_loop(x, g, k, stride, terms=16, *, over_depth_only=False):
   """
   from jax import lax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from u2net_jax.model import depthwise  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise_backward, shift_taps  # pylint: disable=g-import-not-at-top
   n, c = x.shape[0], x.shape[4]
-  pads = [depthwise.same_padding(s, k, stride) for s in x.shape[1:4]]
+  pads = [shift_taps.same_padding(s, k, stride) for s in x.shape[1:4]]
   od, oh, ow = g.shape[1:4]
   bs = max(1, min(terms // n, od))
   nb = -(-od // bs)
@@ -97,7 +97,7 @@ def _kernel_grad_tap_loop(x, g, k, stride, terms=16, *, over_depth_only=False):
   extra = nb * bs - od
   g = jnp.pad(g, ((0, 0), (0, extra), (0, 0), (0, 0), (0, 0)))
   slab = stride * (bs - 1) + k
-  x_slab = depthwise._padded_slabs(x, pads, slab, bs * stride, stride * extra)  # pylint: disable=protected-access
+  x_slab = depthwise_backward.padded_slabs(x, pads, slab, bs * stride, stride * extra)
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   hs, ws = stride * (oh - 1) + 1, stride * (ow - 1) + 1
 

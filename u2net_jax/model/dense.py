@@ -14,7 +14,7 @@ the slicing into the matmuls' operands), with a custom backward (see
 `_shift_bwd`).
 
 Layout: x `(B, D, H, W, C_in)`, kernel `(k, k, k, C_in, C_out)`, 'SAME'
-padding exactly as XLA's (`depthwise.same_padding`). Both implementations
+padding exactly as XLA's (`shift_taps.same_padding`). Both implementations
 give the same numbers up to float rounding; tests compare them in forward
 and gradients, stride 1 and 2, kernel 1 and 3, odd sizes.
 """
@@ -29,7 +29,7 @@ from jax import lax
 
 from u2net_jax import options
 from u2net_jax.errors import ConfigError, InputError
-from u2net_jax.model.depthwise import same_padding
+from u2net_jax.model.shift_taps import same_padding
 
 IMPLS = options.DENSE_IMPLS
 
