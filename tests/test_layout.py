@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "u2net_jax")
 CORE = {"u2net_jax", "u2net_jax.errors", "u2net_jax.io", "u2net_jax.domains",
         "u2net_jax.logging_utils", "u2net_jax.metrics", "u2net_jax.options",
-        "u2net_jax.config", "u2net_jax.host_memory"}
+        "u2net_jax.config", "u2net_jax.typed_config", "u2net_jax.host_memory"}
 # Above data/model, below train/infer: reads and checks configs.
 CONFIG = {"u2net_jax.config_utils"}
 # The run.py level: may import anything.

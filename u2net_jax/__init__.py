@@ -19,7 +19,8 @@ tests/test_layout.py, which also finds no import cycle between modules):
   model/   layers, dense/depthwise convolutions, the U²-Net, one-domain views
                                                     → core only
   core     errors, io (atomic writes), domains (DomainSpec), config (typed,
-           frozen configs: every key's type and default), options (named
+           frozen configs: every key's type and default; typed_config
+           casts a mapping into them), options (named
            config choices), metrics, logging_utils, host_memory (returning
            freed heap to the OS)                    → nothing of u2net_jax
 

@@ -17,19 +17,18 @@ parsed once from one (`parse`):
 the domains or the model (patch divisibility, MSD folder) stay in
 `config_utils.validate`, one layer up.
 
-Core module: imports nothing of u2net_jax but `errors` and `options`.
+Core module: imports nothing of u2net_jax but `errors`, `options` and
+`typed_config` (the mapping → typed dataclass machinery).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import types
-import typing
 from typing import Any, Mapping
 
-from u2net_jax import options
+from u2net_jax import options, typed_config
 from u2net_jax.errors import ConfigError
 
 
@@ -275,7 +274,7 @@ def parse(config) -> Config:
   """A ConfigDict / mapping (or a `Config`, returned as is) → a checked, frozen `Config`."""
   if isinstance(config, Config):
     return config
-  cfg = _parse(Config, _as_mapping(config, ""), "")
+  cfg = typed_config.parse_dataclass(Config, typed_config.as_mapping(config, ""), "")
   _check(cfg)
   return cfg
 
@@ -284,7 +283,7 @@ def model_config(value) -> ModelConfig:
   """`config.model` as a `ModelConfig`: itself, or from a ConfigDict/mapping (absent: defaults)."""
   if isinstance(value, ModelConfig):
     return value
-  return _parse(ModelConfig, _as_mapping(value, "model"), "model")
+  return typed_config.parse_dataclass(ModelConfig, typed_config.as_mapping(value, "model"), "model")
 
 
 def defaults():
@@ -304,82 +303,6 @@ def to_dict(cfg) -> dict:
       v = dict(v)
     out[f.name] = v
   return out
-
-
-@functools.cache
-def _hints(cls) -> dict:
-  return typing.get_type_hints(cls)
-
-
-def _as_mapping(value, where: str) -> Mapping:
-  if value is None:
-    return {}
-  if hasattr(value, "to_dict") and not isinstance(value, Mapping):
-    value = value.to_dict()
-  if not isinstance(value, Mapping):
-    raise ConfigError(f"config{'.' + where if where else ''} must be a section (mapping), "
-                      f"got {value!r}.")
-  return value
-
-
-def _parse(cls, values: Mapping, prefix: str):
-  hints = _hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - names)
-  if unknown:
-    where = f"config.{prefix}" if prefix else "config"
-    raise ConfigError(f"Unknown key(s) {unknown} in {where}; known: {sorted(names)}.")
-  kwargs = {}
-  for name in names & set(values):
-    key = f"{prefix}.{name}" if prefix else name
-    kwargs[name] = _cast(hints[name], values[name], key)
-  return cls(**kwargs)
-
-
-def _cast(kind, value, key: str):
-  if dataclasses.is_dataclass(kind):
-    return _parse(kind, _as_mapping(value, key), key)
-  origin = typing.get_origin(kind)
-  if origin is tuple:
-    return _cast_tuple(typing.get_args(kind)[0], value, key)
-  if kind is Mapping[str, Any] or origin is Mapping or origin is typing.Mapping:
-    return types.MappingProxyType({k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in _as_mapping(value, key).items()})
-  if kind is bool:
-    if isinstance(value, bool):
-      return value
-    raise ConfigError(f"config.{key} must be true or false, got {value!r}.")
-  if kind is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-    if isinstance(value, float) and value.is_integer():
-      return int(value)
-    raise ConfigError(f"config.{key} must be an integer, got {value!r}.")
-  if kind is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    raise ConfigError(f"config.{key} must be a number, got {value!r}.")
-  if kind is str:
-    if isinstance(value, str):
-      return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-      return ",".join(value)  # e.g. data.tasks given as a sequence of names
-    if value is None:
-      return ""
-    raise ConfigError(f"config.{key} must be a string, got {value!r}.")
-  raise TypeError(f"config field {key}: unsupported type {kind!r}")  # a bug in this module
-
-
-def _cast_tuple(elem, value, key: str) -> tuple:
-  """A tuple of `elem`: from a sequence, or 'a,b,c' / 'AxBxC' text (command line)."""
-  if isinstance(value, str):
-    value = [v.strip() for v in value.replace("x", ",").split(",") if v.strip()]
-  if not isinstance(value, (list, tuple)):
-    raise ConfigError(f"config.{key} must be a sequence, got {value!r}.")
-  try:
-    return tuple(elem(v) if isinstance(v, str) else _cast(elem, v, key) for v in value)
-  except (TypeError, ValueError):
-    raise ConfigError(f"config.{key} must be numbers, got {value!r}.") from None
 
 
 def _check(cfg: Config) -> None:
