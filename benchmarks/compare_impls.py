@@ -28,7 +28,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import bench  # pylint: disable=g-import-not-at-top
+from benchmarks import presets  # pylint: disable=g-import-not-at-top
 from u2net_jax import host_memory
 from u2net_jax.train import train
 
@@ -44,13 +44,13 @@ def _autodiff_norm(x, scale, bias, eps=1e-5, act=False):
 
 
 def build(preset: str, impl: str):
-  p = bench.PRESETS[preset]
+  p = presets.PRESETS[preset]
   impl, _, dense_impl = impl.partition("@")
-  config = bench.make_config(preset, impl, dense_impl or "auto")
+  config = presets.make_config(preset, impl, dense_impl or "auto")
   config.train.batch_size = p["batch_per_device"]
   mesh = train.make_mesh(1)
   model, parts, state, tx_s, tx_d = train.build_train_state(
-      config, bench.domain_specs(p["patch"]), mesh)
+      config, presets.domain_specs(p["patch"]), mesh)
   rng = np.random.default_rng(0)
   patch = (p["patch"],) * 3
   b = config.train.batch_size
@@ -79,7 +79,7 @@ def build(preset: str, impl: str):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--preset", default="cpu", choices=sorted(bench.PRESETS))
+  ap.add_argument("--preset", default="cpu", choices=sorted(presets.PRESETS))
   ap.add_argument("--impls", default="shift,fused")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--no_hugepages", action="store_true",

@@ -77,14 +77,14 @@ def measure(variant: str) -> dict:
   """Compiles the cpu preset's train step under the profiler (in this process)."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from benchmarks import bench  # pylint: disable=g-import-not-at-top
+  from benchmarks import presets  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import optim, train  # pylint: disable=g-import-not-at-top
 
   if variant == "no_optimizer":
     optim.apply_updates = lambda params, grads, opt_state, active, **kw: (params, opt_state)
   elif variant != "default":
     raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS}")
-  model, state, step_fn, mesh, batch, patch, tcfg = bench.cpu_step()
+  model, state, step_fn, mesh, batch, patch, tcfg = presets.cpu_step()
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0  # Python's events would crowd out XLA's (1M-event cap)
   options.host_tracer_level = 3

@@ -27,7 +27,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import bench  # pylint: disable=g-import-not-at-top
+from benchmarks import presets  # pylint: disable=g-import-not-at-top
 from u2net_jax import host_memory
 from u2net_jax.train import train
 
@@ -82,7 +82,7 @@ def _hlo_sources(text: str) -> dict[str, str]:
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--preset", default="cpu", choices=sorted(bench.PRESETS))
+  ap.add_argument("--preset", default="cpu", choices=sorted(presets.PRESETS))
   ap.add_argument("--impl", default="auto")
   ap.add_argument("--what", default="train", choices=("train", "infer"))
   ap.add_argument("--steps", type=int, default=3)
@@ -95,13 +95,13 @@ def main():
   if not args.no_hugepages:
     host_memory.restart_with_hugepages()
 
-  p = bench.PRESETS[args.preset]
-  config = bench.make_config(args.preset, args.impl)
+  p = presets.PRESETS[args.preset]
+  config = presets.make_config(args.preset, args.impl)
   mesh = train.make_mesh(1)
   config.train.batch_size = p["batch_per_device"]
   patch = (p["patch"],) * 3
   model, parts, state, tx_s, tx_d = train.build_train_state(
-      config, bench.domain_specs(p["patch"]), mesh)
+      config, presets.domain_specs(p["patch"]), mesh)
   rng = np.random.default_rng(0)
   image = jnp.asarray(rng.standard_normal((config.train.batch_size, *patch, 1), np.float32))
   label = jnp.asarray((rng.random((config.train.batch_size, *patch)) < 0.3).astype(np.int32))

@@ -139,10 +139,10 @@ def measure(variant: str) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from benchmarks import bench  # pylint: disable=g-import-not-at-top
+  from benchmarks import paper_analyze, presets  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import train
 
-  model, state, step_fn, mesh, batch, patch, tcfg = bench.cpu_step(remat=_apply(variant))
+  model, state, step_fn, mesh, batch, patch, tcfg = presets.cpu_step(remat=_apply(variant))
   host_memory.release_free_memory()
   rss_state = host_memory.rss_mb()  # interpreter, JAX, the train state
   t0 = time.perf_counter()
@@ -151,7 +151,7 @@ def measure(variant: str) -> dict:
   compile_s = time.perf_counter() - t0
   rss_compiled = host_memory.rss_mb()
   heap_compiled = host_memory.malloc_mb()
-  memory = bench.memory_summary(step.fn)
+  memory = paper_analyze.memory_summary(step.fn)
   rng = np.random.default_rng(0)
   image = jax.device_put(rng.standard_normal((batch, *patch, 1), np.float32))
   label = jax.device_put((rng.random((batch, *patch)) < 0.3).astype(np.int32))

@@ -32,14 +32,14 @@ def measure(preset: str, size: int) -> dict:
   import numpy as np
   from flax import nnx
 
-  from benchmarks import bench
+  from benchmarks import presets
   from u2net_jax.model import models
   from u2net_jax.infer import sliding_window
 
-  p = bench.PRESETS[preset]
-  config = bench.make_config(preset, "auto")
+  p = presets.PRESETS[preset]
+  config = presets.make_config(preset, "auto")
   patch = (p["patch"],) * 3
-  specs = bench.domain_specs(p["patch"])
+  specs = presets.domain_specs(p["patch"])
   graphdef, state = nnx.split(models.build_model(specs, config.model, seed=0))
   name = specs[0].name
 

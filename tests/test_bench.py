@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import smoke_workdir
-from benchmarks import bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import bench, paper_analyze, presets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_main_prints_one_json_object_and_writes_the_same_to_out(tmp_path, monkeypatch, capsys):
@@ -27,14 +27,14 @@ def test_main_prints_one_json_object_and_writes_the_same_to_out(tmp_path, monkey
 
 
 def test_cpu_preset_is_the_issue_model():
-  c = bench.make_config("cpu", "auto")
+  c = presets.make_config("cpu", "auto")
   assert (c.model.mode, c.model.features_root, c.model.num_levels) == ("separable", 16, 4)
   assert c.model.compute_dtype == "float32" and c.train.loss == "ce"
   assert tuple(c.data.patch_size) == (64, 64, 64)
-  specs = bench.domain_specs(64)
+  specs = presets.domain_specs(64)
   assert len(specs) == 5 and all(s.in_channels == 1 and s.num_classes == 2 for s in specs)
   for name in ("gpu", "tpu"):
-    p = bench.PRESETS[name]
+    p = presets.PRESETS[name]
     assert (p["features_root"], p["num_levels"], p["patch"], p["batch_per_device"],
             p["compute_dtype"], p["window_volume"]) == (16, 6, 128, 2, "bfloat16", 256)
 
@@ -65,15 +65,15 @@ def test_analyze_smoke_writes_costs_memory_and_projections(tmp_path):
       env={"JAX_NUM_CPU_DEVICES": "1"}, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
-  for key in bench.ANALYZE_KEYS:
+  for key in paper_analyze.ANALYZE_KEYS:
     assert key in result, key
   for program in ("train", "window"):
     part = result[program]
-    for key in bench.ANALYSIS_KEYS:
+    for key in paper_analyze.ANALYSIS_KEYS:
       assert key in part, (program, key)
     assert part["flops_per_step"] > 0 and part["bytes_accessed_per_step"] > 0
     assert part["peak_memory_bytes"] > 0 and part["memory"]["available"]
-    assert set(part["projected_step_s"]) == set(bench.HARDWARE)
+    assert set(part["projected_step_s"]) == set(paper_analyze.HARDWARE)
     assert all(t > 0 for t in part["projected_step_s"].values())
   assert result["flops_per_step"] == result["train"]["flops_per_step"]
   assert {"H100", "H200", "TPU v5e", "TPU v5p"} <= set(result["projected_step_s"])
@@ -84,12 +84,12 @@ def test_analyze_smoke_writes_costs_memory_and_projections(tmp_path):
 
 
 def test_roofline_and_fits_use_the_datasheet_numbers():
-  times, bound = bench.roofline(989e12, 1.0)
+  times, bound = paper_analyze.roofline(989e12, 1.0)
   assert times["H100"] == pytest.approx(1.0) and bound["H100"] == "compute"
-  times, bound = bench.roofline(1.0, 3.35e12)
+  times, bound = paper_analyze.roofline(1.0, 3.35e12)
   assert times["H100"] == pytest.approx(1.0) and bound["H100"] == "memory"
   assert times["H200"] == pytest.approx(3.35 / 4.8)
-  f = bench.fits({"train": 20 * 2 ** 30, "none": 0})
+  f = paper_analyze.fits({"train": 20 * 2 ** 30, "none": 0})
   assert f["V100"]["train"] is False and f["TPU v5e"]["train"] is False
   assert f["H100"]["train"] is True and f["TPU v5p"]["train"] is True
   assert f["H100"]["none"] is None
@@ -100,7 +100,7 @@ def test_memory_summary_adds_arguments_outputs_temporaries_less_aliases():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x = jnp.ones((64, 64), jnp.float32)
   compiled = jax.jit(lambda a: jnp.tanh(a @ a) + 1, donate_argnums=0).lower(x).compile()
-  m = bench.memory_summary(compiled)
+  m = paper_analyze.memory_summary(compiled)
   assert m["available"] and m["argument_size_in_bytes"] >= 64 * 64 * 4
   assert m["peak_memory_bytes"] == (m["argument_size_in_bytes"] + m["output_size_in_bytes"]
                                     + m["temp_size_in_bytes"]
@@ -109,17 +109,17 @@ def test_memory_summary_adds_arguments_outputs_temporaries_less_aliases():
 
 
 def test_paper_preset_is_the_msd_step_at_gpu_sizes():
-  c = bench.make_config("paper", "lax", "lax")
+  c = presets.make_config("paper", "lax", "lax")
   m = c.model
   assert (m.mode, m.features_root, m.num_levels, m.downsample) == ("separable", 16, 6, "dense")
   assert (m.compute_dtype, m.depthwise_impl, m.dense_impl, m.remat) == ("bfloat16", "lax",
                                                                         "lax", False)
   assert tuple(c.data.patch_size) == (128, 128, 128)
   assert c.train.loss == "lovasz_focal" and c.train.domain_updates == "official"
-  assert bench.make_config("paper", "lax", "lax", remat=True).model.remat is True
-  specs = bench.domain_specs(128, "paper")
-  assert {s.name: (s.in_channels, s.num_classes) for s in specs} == bench.MSD_SHAPES
-  assert bench.PRESETS["paper"]["batch_per_device"] == 2
+  assert presets.make_config("paper", "lax", "lax", remat=True).model.remat is True
+  specs = presets.domain_specs(128, "paper")
+  assert {s.name: (s.in_channels, s.num_classes) for s in specs} == presets.MSD_SHAPES
+  assert presets.PRESETS["paper"]["batch_per_device"] == 2
 
 
 def test_remat_gives_the_same_loss_and_gradients():
@@ -128,7 +128,7 @@ def test_remat_gives_the_same_loss_and_gradients():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from u2net_jax.model import models  # pylint: disable=g-import-not-at-top
-  specs = bench.domain_specs(8, "paper")[3:]  # prostate (2 channels, 3 classes), pancreas
+  specs = presets.domain_specs(8, "paper")[3:]  # prostate (2 channels, 3 classes), pancreas
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 8, 2)), jnp.float32)
   got = []
   for remat in (False, True):
