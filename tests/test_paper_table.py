@@ -9,7 +9,7 @@ import pytest
 
 import smoke_workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import paper_curves  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import paper_table  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import paper_table, paper_table_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SETTINGS = ["independent", "shared", "series_adapter", "parallel_adapter", "separable"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -142,7 +142,7 @@ def test_build_table_aggregates_complete_seeds_and_renders_dashes():
   }
   meta = {"preset": "x", "command": "c", "machine": "m", "cpu_vector_flags": ["avx"],
           "date": "d", "seeds": [0, 1, 2], "incomplete_runs": ["independent/seed2"]}
-  table = paper_table.build_table(by_row, ["spleen"], meta)
+  table = paper_table_report.build_table(by_row, ["spleen"], meta)
   rows = {r["setting"]: r for r in table["rows"]}
   assert [r["setting"] for r in table["rows"]] == ["independent", "shared", "separable"]
   ind = rows["independent"]
@@ -159,7 +159,7 @@ def test_build_table_aggregates_complete_seeds_and_renders_dashes():
   assert nd["seeds_complete"] == [0]
   assert nd["domains"]["spleen"]["added"]["mean"] == pytest.approx(0.4)
   assert nd["domains"]["spleen"]["independent"]["mean"] == pytest.approx(0.9)
-  md = paper_table.render_markdown(table)
+  md = paper_table_report.render_markdown(table)
   assert "| independent | 3/3 |" not in md and "| independent | 2/3 | 10 | 1.5 min |" in md
   assert "0.700 ± 0.141" in md and "**0.800 ± 0.141**" in md
   assert "| shared | 0/3 | 10 | - | - | - | - | - | - |" in md
