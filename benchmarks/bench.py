@@ -145,33 +145,13 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
   rss_resident = host_memory.rss_mb()  # after compile_train_step's release_free_memory
   flops = _cost(step.fn)
 
-  holder = {"leaves": jax.tree.leaves(state)}  # `state`'s arrays are donated on the first step
-  losses = []
-
-  def train_once(i):
-    batch_i = {"image": image, "label": label, "domain": domains[i % len(DOMAINS)]}
-    holder["leaves"], out = step.fn(holder["leaves"], batch_i, lr, lr)
-    losses.append(out["loss"])
-    return out["loss"]
-
-  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  train_s, train_all = _median_time(train_once, steps, warmup)
-  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (steps + warmup)
+  # `state`'s arrays are donated on the first step.
+  train_s, train_all, faults, losses, leaves = _time_train(
+      step, jax.tree.leaves(state), image, label, domains, lr, steps, warmup)
   rss_trained = host_memory.peak_rss_mb()
-  if not all(np.isfinite(float(l)) for l in losses):
-    raise RuntimeError("the benchmark's train step produced a non-finite loss")
-
-  @jax.jit
-  def forward(params, x, d):
-    return parts.merge(params)(x, d)
-
-  params = jax.tree.unflatten(step.treedef, holder["leaves"])["params"]
-  t0 = time.perf_counter()
-  fwd = forward.lower(params, image, domains[0]).compile()
-  infer_compile_s = time.perf_counter() - t0
-  infer_flops = _cost(fwd)
-  infer_s, infer_all = _median_time(lambda i: fwd(params, image, domains[i % len(DOMAINS)]),
-                                    steps, warmup)
+  params = jax.tree.unflatten(step.treedef, leaves)["params"]
+  infer_s, infer_all, infer_compile_s, infer_flops = _time_forward(
+      parts, params, image, domains, steps, warmup)
 
   voxels = batch * int(np.prod(patch))
   dev = jax.devices()[0]
@@ -219,6 +199,54 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       # Page faults: XLA's CPU runtime takes fresh memory for a step's
       # buffers; first touches of it cost time too.
       "train_minor_faults_per_step": faults,
+      **_machine(),
+  }
+  del leaves, state  # the train state (params, the window benchmark's weights, stay)
+  if window and p["window_volume"]:
+    out.update(sliding_window_bench(parts, params, p["window_volume"], patch,
+                                    p["batch_per_device"], dev, channels=model.max_in_channels,
+                                    num_classes=model.max_num_classes))
+  out["peak_device_mb"] = _device_peak_mb(dev)
+  out["peak_rss_mb"] = host_memory.peak_rss_mb()
+  return out
+
+
+def _time_train(step, leaves, image, label, domains, lr, steps: int, warmup: int):
+  """Median train step: (seconds, all times, minor page faults per step, losses, final leaves)."""
+  holder = {"leaves": leaves}
+  losses = []
+
+  def train_once(i):
+    batch_i = {"image": image, "label": label, "domain": domains[i % len(domains)]}
+    holder["leaves"], out = step.fn(holder["leaves"], batch_i, lr, lr)
+    losses.append(out["loss"])
+    return out["loss"]
+
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  train_s, train_all = _median_time(train_once, steps, warmup)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (steps + warmup)
+  if not all(np.isfinite(float(l)) for l in losses):
+    raise RuntimeError("the benchmark's train step produced a non-finite loss")
+  return train_s, train_all, faults, losses, holder.pop("leaves")
+
+
+def _time_forward(parts, params, image, domains, steps: int, warmup: int):
+  """Median forward pass (logits): (seconds, all times, compile seconds, XLA FLOPs)."""
+  @jax.jit
+  def forward(params, x, d):
+    return parts.merge(params)(x, d)
+
+  t0 = time.perf_counter()
+  fwd = forward.lower(params, image, domains[0]).compile()
+  compile_s = time.perf_counter() - t0
+  infer_s, infer_all = _median_time(lambda i: fwd(params, image, domains[i % len(domains)]),
+                                    steps, warmup)
+  return infer_s, infer_all, compile_s, _cost(fwd)
+
+
+def _machine() -> dict:
+  """Where and how the benchmark ran (CPU model and vector flags: timings differ ~2× by ISA)."""
+  return {
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "python_version": platform.python_version(),
       "cpu_model": cpu_info.cpu_model(),
@@ -227,15 +255,6 @@ def run(preset: str, impl: str = "auto", steps: int = 5, warmup: int = 2,
       "load_avg_1m": os.getloadavg()[0],
       "date": datetime.date.today().isoformat(),
   }
-  holder.clear()  # frees the train state (the closure above keeps `holder`)
-  del state
-  if window and p["window_volume"]:
-    out.update(sliding_window_bench(parts, params, p["window_volume"], patch,
-                                    p["batch_per_device"], dev, channels=model.max_in_channels,
-                                    num_classes=model.max_num_classes))
-  out["peak_device_mb"] = _device_peak_mb(dev)
-  out["peak_rss_mb"] = host_memory.peak_rss_mb()
-  return out
 
 
 def sliding_window_bench(parts, params, size: int, patch, window_batch: int, device,

@@ -104,6 +104,39 @@ def test_every_module_has_a_layer():
                                        "train"}
 
 
+# Issue #15's size rules: a module over ~400 lines or a train/ function over
+# ~80 is a sign to split. Tests are not modules of the architecture.
+MAX_MODULE_LINES = 400
+MAX_TRAIN_FUNCTION_LINES = 80
+SOURCE_FOLDERS = ("u2net_jax", "tfds_builders", "experiments", "benchmarks")
+
+
+def _source_files():
+  yield os.path.join(ROOT, "run.py")
+  for top in SOURCE_FOLDERS:
+    for folder, _, files in os.walk(os.path.join(ROOT, top)):
+      yield from (os.path.join(folder, f) for f in sorted(files) if f.endswith(".py"))
+
+
+def test_no_module_is_over_400_lines():
+  long = {os.path.relpath(p, ROOT): n for p in _source_files()
+          if (n := len(open(p).read().splitlines())) > MAX_MODULE_LINES}
+  assert not long, f"split these modules (lines): {long}"
+
+
+def test_no_function_in_train_is_over_80_lines():
+  long = {}
+  for path in _source_files():
+    if not os.path.relpath(path, ROOT).startswith(os.path.join("u2net_jax", "train")):
+      continue
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        n = node.end_lineno - node.lineno + 1
+        if n > MAX_TRAIN_FUNCTION_LINES:
+          long[f"{os.path.relpath(path, ROOT)}:{node.name}"] = n
+  assert not long, f"split these functions (lines): {long}"
+
+
 @pytest.mark.slow
 def test_loading_an_export_imports_neither_flax_nor_the_model(tmp_path):
   # model_source tells the folder (its meta.json) from a workdir and reads its plan.

@@ -28,6 +28,7 @@ from jax import lax
 from u2net_jax import options
 from u2net_jax.errors import ConfigError
 from u2net_jax.model import dense, depthwise
+from u2net_jax.model.shift_taps import concat
 
 
 class DomainParam(nnx.Param):
@@ -306,12 +307,6 @@ def _parts(x) -> tuple:
   return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _joined(x) -> jax.Array:
-  """Channel parts concatenated."""
-  parts = _parts(x)
-  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-
-
 class ConvUnit(nnx.Module):
   """One conv unit; its output is normalized but not yet activated.
 
@@ -375,7 +370,7 @@ class ConvUnit(nnx.Module):
       y = self.dw_norm(self.dw(x, sel), sel, act=True)
       y = self.pw(y, sel)
       return self.norm(y, sel)
-    x = _joined(x)
+    x = concat(_parts(x))
     if self.variant == "series_adapter":
       y = self.conv(x, sel)
       y = y + self.adapter(self.adapter_norm(y, sel), sel)
