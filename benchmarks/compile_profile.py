@@ -25,6 +25,12 @@ Variants:
   no_optimizer  `optim.apply_updates` replaced by the identity (the gradients
                 still feed the clipping norm, so all of the backward pass is
                 compiled): what the optimizer and the non-finite guard cost.
+  opaque_depthwise  (only when named) every depthwise conv replaced by a
+                per-channel scale (stride 2: of every other voxel) with the
+                same shapes: what the program would cost to compile if the
+                depthwise convs were calls of a precompiled kernel (a custom
+                call: nothing for XLA to emit) — a bound, not a model.
+  opaque_depthwise_no_optimizer  (only when named) both of the above.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import time
 from benchmarks import fresh_process
 
 VARIANTS = ("default", "no_optimizer")
+BOUND_VARIANTS = ("opaque_depthwise", "opaque_depthwise_no_optimizer")
 _PHASES = {
     "xla_compile_s": ("PjRtCpuClient::Compile",),
     "hlo_passes_s": ("HLO passes through layout assignment (jit_flat_step)",
@@ -78,12 +85,15 @@ def measure(variant: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from benchmarks import presets  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise  # pylint: disable=g-import-not-at-top
   from u2net_jax.train import optim, train  # pylint: disable=g-import-not-at-top
 
-  if variant == "no_optimizer":
+  if variant not in VARIANTS + BOUND_VARIANTS:
+    raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS + BOUND_VARIANTS}")
+  if variant.endswith("no_optimizer"):
     optim.apply_updates = lambda params, grads, opt_state, active, **kw: (params, opt_state)
-  elif variant != "default":
-    raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS}")
+  if variant.startswith("opaque_depthwise"):
+    depthwise.depthwise_conv3d = _opaque_depthwise
   model, state, step_fn, mesh, batch, patch, tcfg = presets.cpu_step()
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0  # Python's events would crowd out XLA's (1M-event cap)
@@ -102,6 +112,18 @@ def measure(variant: str) -> dict:
   return {"variant": variant, "wall_s": round(wall, 2),
           "trace_s": round(step.trace_seconds, 2), **summarize(events), "code": _code_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _opaque_depthwise(x, kernel, stride=1, impl="auto"):
+  """`depthwise.depthwise_conv3d`'s shapes, not its work: x (parts joined) · kernel[centre]."""
+  del impl
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+  x = parts[0] if len(parts) == 1 else lax.concatenate(list(parts), 4)
+  if stride == 2:
+    x = x[:, ::2, ::2, ::2]
+  k = kernel.shape[0] // 2
+  return x * kernel[k, k, k].astype(x.dtype)
 
 
 def _code_version() -> str:
