@@ -214,6 +214,19 @@ def test_compile_profile_sums_phases_and_counts_kernels_by_kind():
   assert list(out["top_kernel_kinds"]) == ["bitcast_add_fusion", "add_select_fusion"]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_opaque_depthwise_stand_in_keeps_the_conv_shapes(stride):
+  # The compile bound is only meaningful if the program around it is the same.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import compile_profile  # pylint: disable=g-import-not-at-top
+  from u2net_jax.model import depthwise  # pylint: disable=g-import-not-at-top
+  a, b = jnp.ones((2, 9, 8, 7, 3)), jnp.ones((2, 9, 8, 7, 2))
+  kernel = jnp.ones((3, 3, 3, 5))
+  want = depthwise.depthwise_conv3d((a, b), kernel, stride, "lax")
+  got = compile_profile._opaque_depthwise((a, b), kernel, stride)  # pylint: disable=protected-access
+  assert got.shape == want.shape and got.dtype == want.dtype
+
+
 def test_fresh_process_runs_each_variant_and_appends_its_json_line(tmp_path, capsys):
   from benchmarks import fresh_process  # pylint: disable=g-import-not-at-top
   script = tmp_path / "variant.py"
