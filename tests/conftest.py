@@ -1,5 +1,5 @@
 """Test set-up: 8 virtual CPU devices (multi-device tests), quiet logs, one compile cache,
-LLVM optimization level 0 for the tiny programs.
+LLVM optimization level 0 and XLA's per-op emitters for the tiny programs.
 
 Every test process and every `run.py` subprocess it starts share one JAX
 persistent compilation cache for the session (they inherit the environment),
@@ -23,9 +23,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # the suite. LLVM's optimization level 0 compiles them faster for the same
 # values (no fast-math at any level; every test passes either way): the suite
 # measured 17.4 → 14.6 CPU-min (README, "Tests"). Training runs keep level 3.
+# The flags training would run with here, before the tests' own below: the
+# tests that assert training's exact bits compile with these.
+os.environ.setdefault("U2NET_TRAINING_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()
+# XLA's older per-op emitters instead of its MLIR fusion emitters: the tests'
+# tiny programs compile 2–3× faster (a 4³ two-level model's gradient: 2.6 →
+# 1.0 s, with `shift` convs 5.6 → 3.4 s); values equal up to float rounding
+# (reductions may be ordered differently), so the one test of training's
+# exact bits runs with U2NET_TRAINING_XLA_FLAGS (tests/test_depthwise.py).
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 # Every program, however quick to compile: the subprocess tests start fresh
 # interpreters that would otherwise recompile each sub-second program.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
