@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import smoke_workdir
-from u2net_jax.model import depthwise
+from u2net_jax.model import depthwise, depthwise_backward
 
 
 def _inputs(shape, k=3, seed=0):
@@ -16,6 +16,20 @@ def _inputs(shape, k=3, seed=0):
   x = jax.random.normal(kx, shape, jnp.float32)
   w = jax.random.normal(kk, (k, k, k, shape[-1]), jnp.float32)
   return x, w
+
+
+def _in_training_codegen(code: str) -> None:
+  """Runs `code` (this module imported as `t`) in a fresh process with training's XLA flags.
+
+  For the claims about training's exact bits: the other tests compile with
+  cheaper code generation (tests/conftest.py), which may order a
+  reduction's float additions differently.
+  """
+  prelude = (f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+             "import test_depthwise as t\n")
+  proc = smoke_workdir.run(["-c", prelude + code + "\nprint('same bits')"], timeout=300,
+                           env={"XLA_FLAGS": os.environ["U2NET_TRAINING_XLA_FLAGS"]})
+  assert proc.returncode == 0 and "same bits" in proc.stdout, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -80,9 +94,7 @@ def test_bad_inputs_raise_value_errors():
     depthwise.depthwise_conv3d((x, x[:, :3]), jnp.zeros((3, 3, 3, 4)), 1)
 
 
-@pytest.mark.parametrize("impl", ["fused", "shift", "lax"])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_parts_equal_their_concatenation(impl, stride):
+def _parts_equal_their_concatenation(impl, stride):
   # A decoder passes (upsampled, skip) as parts: the same numbers as
   # concatenating them first, values and gradients, for every impl. (At these
   # sizes, reducing each part's kernel gradient on its own would already
@@ -104,6 +116,13 @@ def test_parts_equal_their_concatenation(impl, stride):
   np.testing.assert_array_equal(v, v_ref)
   for got, ref in zip(g, g_ref):
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.slow
+def test_parts_equal_their_concatenation():
+  _in_training_codegen("for impl in ('fused', 'shift', 'lax'):\n"
+                       "  for stride in (1, 2):\n"
+                       "    t._parts_equal_their_concatenation(impl, stride)")
 
 
 # -- the 'fused' fast path (custom VJP: blocked shifts, elementwise kernel grad) ---
@@ -239,32 +258,28 @@ def test_instance_norm_custom_vjp_equals_autodiff(act, dtype):
                                    r.astype(jnp.float32)).max())))
 
 
-# Run as its own process with the XLA flags training uses: the other tests
-# compile with cheaper code generation (tests/conftest.py), whose reductions
-# may round the two forms differently; the claim is about training's bits.
-_LOOPED_VS_UNROLLED = """
-import jax, jax.numpy as jnp, numpy as np
-from u2net_jax.model import depthwise, depthwise_backward
-kx, kk = jax.random.split(jax.random.key(12))
-x = jax.random.normal(kx, (2, 9, 12, 10, 3), jnp.float32)
-w = jax.random.normal(kk, (3, 3, 3, 3), jnp.float32)
-for stride in (1, 2):
+def _looped_equals_unrolled(stride):
+  x, w = _inputs((2, 9, 12, 10, 3), seed=12)
   cot = jax.random.normal(jax.random.key(13), depthwise.depthwise_conv3d_lax(x, w, stride).shape)
-  f = lambda x, w: jnp.sum(depthwise.depthwise_conv3d(x, w, stride, "fused") * cot)
-  out = []
-  for edge in (0, 10 ** 9):  # every conv unrolled, then every conv looped
+
+  def grads():
+    f = lambda x, w: jnp.sum(depthwise.depthwise_conv3d(x, w, stride, "fused") * cot)  # noqa: E731
+    return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+
+  edge = depthwise_backward.LOOPED_TAPS_MAX
+  try:
+    depthwise_backward.LOOPED_TAPS_MAX = 0  # every conv's taps unrolled
+    unrolled = grads()
+    depthwise_backward.LOOPED_TAPS_MAX = 10 ** 9  # every conv's taps looped
+    looped = grads()
+  finally:
     depthwise_backward.LOOPED_TAPS_MAX = edge
-    out.append(jax.jit(jax.grad(f, argnums=(0, 1)))(x, w))
-  for a, b in zip(*out):
+  for a, b in zip(looped, unrolled):
     np.testing.assert_array_equal(a, b)
-print("same bits")
-"""
 
 
 @pytest.mark.slow
 def test_looped_and_unrolled_kernel_gradients_are_the_same_bits():
   # Small levels loop over the k³ taps (a smaller program to compile); that
   # must not change a single bit of what training computes.
-  proc = smoke_workdir.run(["-c", _LOOPED_VS_UNROLLED], timeout=300,
-                           env={"XLA_FLAGS": os.environ["U2NET_TRAINING_XLA_FLAGS"]})
-  assert proc.returncode == 0 and "same bits" in proc.stdout, proc.stderr[-3000:]
+  _in_training_codegen("for stride in (1, 2):\n  t._looped_equals_unrolled(stride)")
