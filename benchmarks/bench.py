@@ -47,10 +47,8 @@ from __future__ import annotations
 from benchmarks import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -246,15 +244,7 @@ def _time_forward(parts, params, image, domains, steps: int, warmup: int):
 
 def _machine() -> dict:
   """Where and how the benchmark ran (CPU model and vector flags: timings differ ~2× by ISA)."""
-  return {
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-      "python_version": platform.python_version(),
-      "cpu_model": cpu_info.cpu_model(),
-      "cpu_vector_flags": cpu_info.cpu_vector_flags(),
-      "cpu_count": os.cpu_count(),
-      "load_avg_1m": os.getloadavg()[0],
-      "date": datetime.date.today().isoformat(),
-  }
+  return {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), **cpu_info.machine()}
 
 
 def sliding_window_bench(parts, params, size: int, patch, window_batch: int, device,

@@ -6,6 +6,8 @@ JSON records the model string and the vector flags.
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 
 
@@ -28,3 +30,15 @@ def cpu_vector_flags() -> list:
   """Which of avx, avx2, avx512f the CPU has."""
   have = set((_cpuinfo_field("flags") or "").split())
   return [v for v in ("avx", "avx2", "avx512f") if v in have]
+
+
+def machine() -> dict:
+  """The machine and Python of a timing, and the load it ran under (every benchmark JSON)."""
+  return {
+      "python_version": platform.python_version(),
+      "cpu_model": cpu_model(),
+      "cpu_vector_flags": cpu_vector_flags(),
+      "cpu_count": os.cpu_count(),
+      "load_avg_1m": os.getloadavg()[0],
+      "date": datetime.date.today().isoformat(),
+  }

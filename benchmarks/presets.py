@@ -34,6 +34,7 @@ PRESETS = {
 MSD_SHAPES = {"heart": (1, 2), "liver": (1, 3), "hippocampus": (1, 3), "prostate": (2, 3),
               "pancreas": (1, 3)}
 
+
 def make_config(preset: str, impl: str, dense_impl: str = "auto", remat: bool = False):
   """The five-domain config with the preset's model and a plain-Adam, CE step.
 
@@ -41,21 +42,7 @@ def make_config(preset: str, impl: str, dense_impl: str = "auto", remat: bool = 
   dense downsampling), with the preset's sizes and bfloat16 compute.
   """
   p = PRESETS[preset]
-  if preset == "paper":
-    c = five_domain.get_config("msd")
-    c.model.features_root = p["features_root"]
-    c.model.num_levels = p["num_levels"]
-    c.model.compute_dtype = p["compute_dtype"]
-    c.model.depthwise_impl = impl
-    c.model.dense_impl = dense_impl
-    c.model.remat = remat
-    c.data.patch_size = (p["patch"],) * 3
-    return c
-  c = five_domain.get_config("")
-  c.model.mode = "separable"
-  # The PyTorch reference's model (torch_reference.py): separable downsampling
-  # (the default preset's is dense since 2026-12-01).
-  c.model.downsample = "separable"
+  c = five_domain.get_config("msd" if preset == "paper" else "")
   c.model.features_root = p["features_root"]
   c.model.num_levels = p["num_levels"]
   c.model.compute_dtype = p["compute_dtype"]
@@ -63,6 +50,12 @@ def make_config(preset: str, impl: str, dense_impl: str = "auto", remat: bool = 
   c.model.dense_impl = dense_impl
   c.model.remat = remat
   c.data.patch_size = (p["patch"],) * 3
+  if preset == "paper":
+    return c
+  c.model.mode = "separable"
+  # The PyTorch reference's model (torch_reference.py): separable downsampling
+  # (the default preset's is dense since 2026-12-01).
+  c.model.downsample = "separable"
   c.train.loss = "ce"
   # Plain Adam (no weight decay, no clipping), as in the PyTorch reference.
   c.train.weight_decay = 0.0

@@ -63,10 +63,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import cpu_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import argparse
-import datetime
 import json
 import math
-import platform
 import resource
 import statistics
 import time
@@ -320,12 +318,7 @@ def run(*, layout: str = "default", threads: int | None = None, steps: int = 5,
       "steps": steps,
       "warmup": warmup,
       "final_loss": losses[-1],
-      "python_version": platform.python_version(),
-      "cpu_model": cpu_info.cpu_model(),
-      "cpu_vector_flags": cpu_info.cpu_vector_flags(),
-      "cpu_count": os.cpu_count(),
-      "load_avg_1m": os.getloadavg()[0],
-      "date": datetime.date.today().isoformat(),
+      **cpu_info.machine(),
   }
 
 
