@@ -30,10 +30,10 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()
 # XLA's older per-op emitters instead of its MLIR fusion emitters: the tests'
-# tiny programs compile 2–3× faster (a 4³ two-level model's gradient: 2.6 →
+# tiny programs compile 1.6–2.6× faster (a 4³ two-level model's gradient: 2.6 →
 # 1.0 s, with `shift` convs 5.6 → 3.4 s); values equal up to float rounding
-# (reductions may be ordered differently), so the one test of training's
-# exact bits runs with U2NET_TRAINING_XLA_FLAGS (tests/test_depthwise.py).
+# (reductions may be ordered differently), so the tests of training's
+# exact bits run with U2NET_TRAINING_XLA_FLAGS (tests/test_depthwise.py).
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 # Every program, however quick to compile: the subprocess tests start fresh
