@@ -117,9 +117,8 @@ def measure(variant: str) -> dict:
 def _opaque_depthwise(x, kernel, stride=1, impl="auto"):
   """`depthwise.depthwise_conv3d`'s shapes, not its work: x (parts joined) · kernel[centre]."""
   del impl
-  from jax import lax  # pylint: disable=g-import-not-at-top
-  parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-  x = parts[0] if len(parts) == 1 else lax.concatenate(list(parts), 4)
+  from u2net_jax.model import shift_taps  # pylint: disable=g-import-not-at-top
+  x = shift_taps.concat(tuple(x) if isinstance(x, (tuple, list)) else (x,))
   if stride == 2:
     x = x[:, ::2, ::2, ::2]
   k = kernel.shape[0] // 2
